@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Make sure the server binaries the embedded default needs are installed.
+# Installs them with apt-get when we can (Debian/Ubuntu as root); otherwise
+# names what is missing and the one command that installs it, and fails.
+set -uo pipefail
+
+[ -n "${SKIP_SYSTEM_INSTALL:-}" ] && exit 0  # you run Postgres and Redis yourself
+missing=()
+pgbin=""
+for d in ${PG_BINDIR:-} $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k4 -n -r); do
+  if [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ]; then pgbin=$d; break; fi
+done
+[ -z "$pgbin" ] && command -v initdb >/dev/null && command -v pg_ctl >/dev/null && pgbin=$(dirname "$(command -v initdb)")
+[ -z "$pgbin" ] && missing+=(postgresql postgresql-contrib)
+if [ -n "$pgbin" ]; then
+  # pg_trgm and pg_stat_statements ship in contrib (a separate package on older Debian/Ubuntu).
+  share=$("$pgbin/pg_config" --sharedir 2>/dev/null || echo "/usr/share/postgresql/$(basename "$(dirname "$pgbin")")")
+  [ -f "$share/extension/pg_trgm.control" ] || missing+=(postgresql-contrib)
+fi
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v psql >/dev/null || missing+=(postgresql-client)
+
+if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "install: installing ${missing[*]} with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    && exit 0
+  echo "install: apt-get install ${missing[*]} failed" >&2
+  exit 1
+fi
+if [ "$(uname)" = Darwin ]; then hint="brew install postgresql@17 redis"; else hint="sudo apt-get install -y ${missing[*]}"; fi
+echo "install: missing ${missing[*]}; install with: $hint (or set DATABASE_URL and REDIS_URL to servers you run)" >&2
+exit 1

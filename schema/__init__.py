@@ -1,0 +1,1 @@
+"""SQL migrations, the migration runner, database access and the data generator."""

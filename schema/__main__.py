@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         if args.command == "migrate":
-            from schema.migrate import MigrationError, main as migrate_main
+            from schema.migrate import MigrationError
+            from schema.migrate import main as migrate_main
 
             try:
                 return migrate_main(settings.database_url, show_status=args.status)

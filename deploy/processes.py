@@ -1,0 +1,55 @@
+"""The app processes of the stack, defined once.
+
+``make up`` (deploy/stack.py), compose.yaml, and the supervisor and systemd
+files under deploy/ all run these same commands; tests/test_stack_files.py
+checks that they agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schema.settings import Settings
+
+
+@dataclass(frozen=True)
+class Process:
+    name: str
+    argv: tuple[str, ...]  # relative to the venv's bin directory for the first element
+    listens: str | None = None  # human-readable address, for `make up`'s summary
+    health_url: str | None = None
+
+
+def processes(settings: Settings, run_dir: str = ".run") -> list[Process]:
+    """The app processes to run for these settings (without Postgres and Redis)."""
+    api = Process(
+        "api",
+        ("gunicorn", "-c", "api/gunicorn_conf.py", "api:create_app()"),
+        listens=f"http://{settings.api_host}:{settings.api_port}",
+        health_url=f"http://{settings.api_host}:{settings.api_port}/health",
+    )
+    procs = [api]
+    if settings.mv_refresh_worker_enabled:
+        # Refreshes get their own worker so a slow refresh never delays the sweep
+        # or reconciliation; concurrency 2 lets two different views refresh at once.
+        procs.append(Process(
+            "worker-refresh",
+            ("celery", "-A", "tasks", "worker", "-Q", "refresh", "-n", "refresh@%h", "-c", "2",
+             "--without-gossip", "--without-mingle", "-l", "INFO"),
+        ))
+    procs.append(Process(
+        "worker-default",
+        ("celery", "-A", "tasks", "worker", "-Q", "default,maintenance", "-n", "default@%h", "-c", "1",
+         "--without-gossip", "--without-mingle", "-l", "INFO"),
+    ))
+    procs.append(Process(
+        "beat",
+        ("celery", "-A", "tasks", "beat", "-l", "INFO", "-s", f"{run_dir}/celerybeat-schedule"),
+    ))
+    procs.append(Process(
+        "flower",
+        ("celery", "-A", "tasks", "flower", f"--address={settings.flower_host}", f"--port={settings.flower_port}"),
+        listens=f"http://{settings.flower_host}:{settings.flower_port}",
+        health_url=f"http://{settings.flower_host}:{settings.flower_port}/healthcheck",
+    ))
+    return procs

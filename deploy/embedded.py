@@ -53,19 +53,28 @@ def _install_hint() -> str:
 
 
 def find_pg_bindir() -> Path:
-    """The directory holding initdb and pg_ctl (Debian keeps them off PATH)."""
+    """The directory holding initdb and pg_ctl (Debian keeps them off PATH).
+
+    ``PG_BINDIR``, when set, is authoritative: a wrong value is an error rather
+    than a silent fallback to some other installation.
+    """
     explicit = os.environ.get("PG_BINDIR")
-    candidates = [Path(explicit)] if explicit else []
+    if explicit:
+        if (Path(explicit) / "initdb").exists() and (Path(explicit) / "pg_ctl").exists():
+            return Path(explicit)
+        raise MissingBinary(f"PG_BINDIR={explicit} has no initdb/pg_ctl; unset it or install with: {_install_hint()}")
+    candidates = []
     on_path = shutil.which("initdb")
     if on_path:
         candidates.append(Path(on_path).parent)
-    # Newest major version first.
+
     def major(path: str) -> int:
         try:
-            return int(Path(path).parts[-3])
+            return int(Path(path).parts[-2])
         except (ValueError, IndexError):
             return 0
 
+    # Newest major version first.
     for pattern in ("/usr/lib/postgresql/*/bin", "/opt/homebrew/opt/postgresql@*/bin", "/usr/local/opt/postgresql@*/bin"):
         candidates += [Path(p) for p in sorted(glob.glob(pattern), key=major, reverse=True)]
     for c in candidates:
@@ -75,7 +84,9 @@ def find_pg_bindir() -> Path:
 
 
 def find_redis_server() -> str:
-    found = shutil.which("redis-server")
+    found = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
+    if found and not os.access(found, os.X_OK):
+        raise MissingBinary(f"REDIS_SERVER={found} is not an executable; install redis with: {_install_hint()}")
     if not found:
         raise MissingBinary(f"redis-server not found; install it with: {_install_hint()}")
     return found

@@ -29,7 +29,7 @@ from schema.db import DatabaseUnavailable, raw_connection
 from schema.settings import Settings, SettingsError
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN = ROOT / ".run"
+RUN = Path(os.environ.get("DISCOVERY_RUN_DIR") or ROOT / ".run").resolve()
 PIDS = RUN / "pids"
 LOGS = RUN / "logs"
 STACK_ENV = RUN / "stack.env"
@@ -75,7 +75,7 @@ def resolve_services(env: dict[str, str]) -> dict[str, str]:
                 cur.execute(f'CREATE DATABASE "{EMBEDDED_DB}"')  # constant name
         effective["DATABASE_URL"] = pg.admin_url(EMBEDDED_DB)
         effective["EMBEDDED_PG"] = "1"
-        _say(f"private Postgres running on 127.0.0.1:{pg.port} (data in {pg.data_dir.relative_to(ROOT)})")
+        _say(f"private Postgres running on 127.0.0.1:{pg.port} (data in {pg.data_dir})")
     if env.get("REDIS_URL"):
         _say("using REDIS_URL from the environment (no private Redis)")
     else:
@@ -191,15 +191,8 @@ def up(seed_scale: str = "demo") -> int:
 
     _say("applying migrations")
     subprocess.run([str(BIN / "python"), "-m", "schema", "migrate"], cwd=ROOT, env=env, check=True)
-    with raw_connection(settings.database_url) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM users")
-        users = cur.fetchone()[0]
-    if users == 0:
-        _say(f"empty database: loading {seed_scale} data")
-        subprocess.run([str(BIN / "python"), "-m", "schema", "seed", "--scale", seed_scale], cwd=ROOT, env=env,
-                       check=True)
-    else:
-        _say(f"database has {users} users; not seeding")
+    subprocess.run([str(BIN / "python"), "-m", "schema", "seed", "--scale", seed_scale, "--if-empty"], cwd=ROOT,
+                   env=env, check=True)
 
     procs = processes(settings, run_dir=str(RUN))
     for proc in procs:

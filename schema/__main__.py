@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     p_seed.add_argument("--scale", required=True, help="demo | bench | quick")
     p_seed.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     p_seed.add_argument("--force", action="store_true", help="seed even if the database already has users")
+    p_seed.add_argument("--if-empty", action="store_true", help="do nothing (exit 0) if the database has users")
     args = parser.parse_args(argv)
 
     try:
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return 2
+            if args.if_empty and (users := _user_count(settings.database_url)):
+                print(f"seed: the database already has {users} users; nothing to do")
+                return 0
             try:
                 seed(settings.database_url, args.scale, seed=args.seed, force=args.force)
             except SeedError as exc:
@@ -53,6 +57,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.command}: {exc}", file=sys.stderr)
         return 1
     return 2
+
+
+def _user_count(database_url: str) -> int:
+    from schema.db import raw_connection
+
+    with raw_connection(database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('users') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            return 0
+        cur.execute("SELECT count(*) FROM users")
+        return cur.fetchone()[0]
 
 
 if __name__ == "__main__":

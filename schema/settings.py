@@ -80,6 +80,8 @@ class Settings:
     refresh_lock_ttl: float = 60.0  # REFRESH_LOCK_TTL seconds, renewed while a refresh runs
     sweep_interval: float = 2.0  # SWEEP_INTERVAL seconds between Beat sweeps
     refresh_time_limit: int = 600  # REFRESH_TIME_LIMIT seconds (hard limit per refresh task)
+    refresh_retry_backoff: float = 2.0  # REFRESH_RETRY_BACKOFF seconds, first retry delay of a failed refresh
+    refresh_max_retries: int = 5  # REFRESH_MAX_RETRIES of a failed refresh before the sweep takes over again
     health_timeout: float = 1.5  # HEALTH_TIMEOUT seconds per dependency check
     stale_after_seconds: int = 60  # STALE_AFTER_SECONDS: pending longer than this is stale
     max_body_bytes: int = 64 * 1024  # MAX_BODY_BYTES for JSON request bodies
@@ -118,6 +120,8 @@ class Settings:
             refresh_lock_ttl=_float(env, "REFRESH_LOCK_TTL", 60.0),
             sweep_interval=_float(env, "SWEEP_INTERVAL", 2.0),
             refresh_time_limit=_int(env, "REFRESH_TIME_LIMIT", 600, 1),
+            refresh_retry_backoff=_float(env, "REFRESH_RETRY_BACKOFF", 2.0),
+            refresh_max_retries=_int(env, "REFRESH_MAX_RETRIES", 5, 0),
             health_timeout=_float(env, "HEALTH_TIMEOUT", 1.5),
             stale_after_seconds=_int(env, "STALE_AFTER_SECONDS", 60, 1),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", 64 * 1024, 1),

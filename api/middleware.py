@@ -1,0 +1,114 @@
+"""Per-request middleware: database access and request-body rules.
+
+``DbMiddleware`` gives every request ``req.context.db``, a lazy handle: the
+pooled connection is checked out on first use and returned (rolled back) when
+the response is done, so a page served from the response cache never touches
+the pool, and no request can leak a connection or an open transaction.
+
+``BodyMiddleware`` enforces the body rules before any responder runs:
+``MAX_BODY_BYTES`` (413), JSON only on routes that take a body (415), and a
+Content-Length on those routes (411), so nothing is read or written for a
+rejected request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import falcon
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from api.errors import ApiError
+
+
+class RequestDb:
+    """Lazily checked-out connection for one request."""
+
+    __slots__ = ("_conn", "_engine")
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._conn: Connection | None = None
+
+    @property
+    def conn(self) -> Connection:
+        if self._conn is None:
+            self._conn = self._engine.connect()
+        return self._conn
+
+    @property
+    def used(self) -> bool:
+        return self._conn is not None
+
+    def execute(self, statement: Any, params: dict[str, Any] | None = None) -> sa.CursorResult:
+        return self.conn.execute(statement, params or {})
+
+    def end_read(self) -> None:
+        """End the implicit read transaction (reads need no commit, and an idle
+        connection should not sit 'idle in transaction')."""
+        if self._conn is not None and self._conn.in_transaction():
+            self._conn.rollback()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A write transaction: committed on success, rolled back on any error."""
+        conn = self.conn
+        if conn.in_transaction():
+            conn.rollback()
+        with conn.begin():
+            yield conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+
+class DbMiddleware:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.db = RequestDb(self._engine)
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
+                         req_succeeded: bool) -> None:
+        db = getattr(req.context, "db", None)
+        if db is not None:
+            db.close()
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+class BodyMiddleware:
+    """Size limit for every request; JSON-only for routes declaring ``json_methods``."""
+
+    def __init__(self, max_body_bytes: int) -> None:
+        self._max = max_body_bytes
+
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict) -> None:
+        length = req.content_length
+        if length is not None and length > self._max:
+            raise ApiError(falcon.HTTP_413, "payload_too_large",
+                           f"request body of {length} bytes is over the limit of {self._max} bytes")
+        if resource is None or req.method not in getattr(resource, "json_methods", ()):
+            return
+        if not hasattr(resource, "on_" + req.method.lower()):
+            return
+        if not _is_json(req.content_type):
+            raise ApiError(falcon.HTTP_415, "unsupported_media_type",
+                           f"send the body as application/json (got {req.content_type or 'no Content-Type'})")
+        if length is None:
+            chunked = "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
+            if chunked:
+                raise ApiError(falcon.HTTP_411, "length_required", "send a Content-Length (chunked bodies are refused)")

@@ -1,0 +1,1 @@
+"""Falcon resources: thin over named queries (parse, check, one query, answer)."""

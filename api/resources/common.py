@@ -1,0 +1,124 @@
+"""What every read resource shares: view pages, the per-user overlay, JSON output.
+
+``ViewPages.page`` is the read path of every materialized-view listing:
+
+1. the view's generation from the per-process memo (``ViewFreshness``);
+2. the response cache keyed by (view, generation, parameters): a hit costs no
+   Postgres and no Redis round trip;
+3. on a miss, the named query on the request's lazily checked-out connection.
+
+Signed-in requests for projects then get the user's overlay from Redis
+(``user_has_upvoted``, and upvote_count adjusted for the user's own toggles
+the view has not caught up with yet; see ``Toggle.count_adjustment``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import falcon
+from sqlalchemy.engine import Connection
+
+from api.deps import Deps
+from api.errors import dumps
+from api.freshness import ResponseCache, ViewState
+from api.metrics import RESPONSE_CACHE
+
+Rows = list[dict[str, Any]]
+Fetch = Callable[[Connection], tuple[Rows, dict[str, Any]]]
+
+
+def rows_of(result: Any) -> Rows:
+    keys = list(result.keys())
+    return [dict(zip(keys, row, strict=True)) for row in result]
+
+
+@dataclass(frozen=True)
+class Page:
+    data: Rows
+    meta: dict[str, Any]
+    body: bytes  # the anonymous rendering, served as is on a hit
+    created: float
+    state: ViewState
+
+
+class ViewPages:
+    """Cached, generation-keyed pages of materialized views."""
+
+    def __init__(self, deps: Deps, cache: ResponseCache | None = None) -> None:
+        self._deps = deps
+        self._cache = cache or deps.response_cache
+
+    def state(self, req: falcon.Request, view: str) -> ViewState:
+        db = req.context.db
+        return self._deps.freshness.state(view, lambda: db.conn)
+
+    def page(self, req: falcon.Request, view: str, params: Hashable, fetch: Fetch, *, cache: bool = True) -> Page:
+        state = self.state(req, view)
+        key = (view, state.generation, params)
+        now = time.monotonic()
+        if cache:
+            hit = self._cache.get(key)
+            if hit is not None and now - hit.created < self._cache.max_age:
+                RESPONSE_CACHE.labels(view, "hit").inc()
+                return hit
+            RESPONSE_CACHE.labels(view, "miss").inc()
+        db = req.context.db
+        data, extra = fetch(db.conn)
+        db.end_read()
+        meta = {"view": view, "as_of": state.completed_at, **extra}
+        page = Page(data, meta, dumps({"data": data, "meta": meta}), now, state)
+        if cache:
+            self._cache.put(key, page)
+        return page
+
+
+def data_age_header(deps: Deps, resp: falcon.Response, state: ViewState) -> None:
+    """X-Data-Age: seconds since the view's last logged refresh completed (absent if none)."""
+    age = state.age_seconds(deps.freshness.pg_now_us())
+    if age is not None:
+        resp.set_header("X-Data-Age", str(age))
+
+
+def send_json(resp: falcon.Response, body: bytes, status: str = falcon.HTTP_200) -> None:
+    resp.status = status
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = body
+
+
+def send(resp: falcon.Response, payload: Any, status: str = falcon.HTTP_200) -> None:
+    send_json(resp, dumps(payload), status)
+
+
+def overlay_projects(deps: Deps, req: falcon.Request, rows: Rows, state: ViewState,
+                     id_key: str = "id", count_key: str = "upvote_count") -> Rows:
+    """Copies of ``rows`` with the signed-in user's ``user_has_upvoted`` (and own-vote count fix)."""
+    user = req.context.user
+    if user is None or not rows:
+        return rows
+    db = req.context.db
+    ids = [str(r[id_key]) for r in rows]
+    overlay = deps.user_cache.overlay(user.user_id, ids, lambda: db.conn)
+    out = []
+    for row, pid in zip(rows, ids, strict=True):
+        item = dict(row)
+        item["user_has_upvoted"] = pid in overlay.upvoted
+        toggle = overlay.toggles.get(pid)
+        if toggle is not None and count_key in item:
+            item[count_key] = max(0, item[count_key] + toggle.count_adjustment(state.started_us))
+        out.append(item)
+    return out
+
+
+def send_page(deps: Deps, req: falcon.Request, resp: falcon.Response, page: Page, *,
+              user_overlay: bool = False) -> None:
+    """Answer with a page: the cached bytes, or a per-user rendering."""
+    data_age_header(deps, resp, page.state)
+    if user_overlay and req.context.user is not None:
+        data = overlay_projects(deps, req, page.data, page.state)
+        send(resp, {"data": data, "meta": page.meta})
+    else:
+        send_json(resp, page.body)

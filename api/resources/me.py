@@ -1,0 +1,92 @@
+"""The signed-in user's own pages, from the phase 1 trigger-kept tables.
+
+These tables are exact at commit time (row triggers in the writing
+transaction), so there is no view to be stale: meta.as_of is the moment of
+the read and X-Data-Age is 0.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import falcon
+
+from api.auth import AUTH_USER
+from api.deps import Deps
+from api.errors import not_found
+from api.pagination import decode_cursor, page_meta
+from api.resources.common import rows_of, send
+from api.spec import (
+    AUTH,
+    ConversationsResponse,
+    DashboardResponse,
+    IntroStatsResponse,
+    PageQuery,
+    api_spec,
+    responses,
+)
+from schema.db import queries
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class _MeResource:
+    auth = AUTH_USER
+
+    def __init__(self, deps: Deps) -> None:
+        self._deps = deps
+        self._q = queries("api_me")
+
+
+class DashboardResource(_MeResource):
+    """GET /api/dashboard"""
+
+    @api_spec.validate(resp=responses(DashboardResponse, 404), tags=["me"], security=AUTH)
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """The signed-in user's row of user_dashboard_stats plus their intro_request_stats."""
+        db = req.context.db
+        rows = rows_of(db.execute(self._q["dashboard"], {"user_id": req.context.user.user_id}))
+        db.end_read()
+        if not rows:
+            raise not_found("no dashboard for this user (unknown or deleted user)")
+        resp.set_header("X-Data-Age", "0")
+        send(resp, {"data": rows[0], "meta": {"source": "user_dashboard_stats", "as_of": _now()}})
+
+
+class ConversationsResource(_MeResource):
+    """GET /api/conversations"""
+
+    @api_spec.validate(query=PageQuery, resp=responses(ConversationsResponse), tags=["me"], security=AUTH)
+    def on_get(self, req: falcon.Request, resp: falcon.Response, query: PageQuery) -> None:
+        """The signed-in user's conversations (message_conversations_denorm), latest message first."""
+        after = decode_cursor("conversations", query.cursor)
+        limit = query.limit
+        db = req.context.db
+        params = {"user_id": req.context.user.user_id, "lim": limit + 1,
+                  "after_at": after[0] if after else None, "after_id": after[1] if after else None}
+        rows = rows_of(db.execute(self._q["conversations"], params))
+        db.end_read()
+        next_cursor = page_meta(rows, limit, "conversations", lambda r: (r["sort_at"], r["conversation_id"]))
+        rows = rows[:limit]
+        for r in rows:
+            r.pop("sort_at", None)
+        resp.set_header("X-Data-Age", "0")
+        send(resp, {"data": rows, "meta": {"source": "message_conversations_denorm", "as_of": _now(),
+                                           "count": len(rows), "limit": limit, "next_cursor": next_cursor}})
+
+
+class IntroStatsResource(_MeResource):
+    """GET /api/intros/stats"""
+
+    @api_spec.validate(resp=responses(IntroStatsResponse, 404), tags=["me"], security=AUTH)
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """The signed-in user's intro_request_stats row (as requester, and as investor if one)."""
+        db = req.context.db
+        rows = rows_of(db.execute(self._q["intro_stats"], {"user_id": req.context.user.user_id}))
+        db.end_read()
+        if not rows:
+            raise not_found("no intro stats for this user (unknown or deleted user)")
+        resp.set_header("X-Data-Age", "0")
+        send(resp, {"data": rows[0], "meta": {"source": "intro_request_stats", "as_of": _now()}})

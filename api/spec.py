@@ -1,0 +1,460 @@
+"""OpenAPI: the SpecTree instance, request models (validated) and response models (documented).
+
+Request query strings and JSON bodies are validated by spectree (pydantic 2)
+before a responder runs; a failure becomes a 422 in our error shape (see
+``validation_failed``). Responses are rendered by the resources straight to
+JSON bytes (no per-request pydantic work on the hot path); their models here
+document them, and tests/test_api_openapi.py runs schemathesis against a real
+gunicorn to check that every answer conforms.
+
+The document is served at ``/openapi.json``; spectree's pages (Swagger UI,
+Redoc, Scalar) at ``/apidoc/swagger``, ``/apidoc/redoc``, ``/apidoc/scalar``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated, Any, Literal
+
+import falcon
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from spectree import Response, SecurityScheme, SpecTree
+from spectree.models import SecuritySchemeData
+
+from api.errors import ApiError
+from api.pagination import DEFAULT_LIMIT, MAX_LIMIT
+
+SEARCH_TYPES = ("project", "builder", "chain", "post", "investor")
+SEARCH_MAX_CHARS = 200
+SEARCH_MAX_OFFSET = 99  # search_combined returns at most 100 rows
+BEARER = "bearerAuth"
+TOKEN_HINT = "python -m api token --user NAME"
+
+
+# -- cleaning of text input -------------------------------------------------------
+
+
+def _clean_text(value: Any) -> Any:
+    """Strip NUL (Postgres text cannot hold it) and refuse text that is not valid
+    UTF-8 (lone surrogates from JSON escapes), so no such string reaches SQL."""
+    if isinstance(value, str):
+        value = value.replace("\x00", "")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("text is not valid UTF-8") from None
+        return value.strip()
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value:
+        raise ValueError("must not be empty or only whitespace")
+    return value
+
+
+CleanStr = Annotated[str, BeforeValidator(_clean_text)]
+NonBlank = Annotated[str, BeforeValidator(_clean_text), AfterValidator(_not_blank)]
+
+
+# -- request models -----------------------------------------------------------------
+
+
+class _Query(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class PageQuery(_Query):
+    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="page size (1..100)")
+    cursor: str | None = Field(None, max_length=512, description="meta.next_cursor of the previous page")
+
+
+class FeedQuery(PageQuery):
+    sort: Literal["trending", "newest"] = "trending"
+
+
+class ChainsQuery(PageQuery):
+    sort: Literal["members", "activity"] = "members"
+
+
+class SearchQuery(_Query):
+    q: Annotated[NonBlank, Field(max_length=SEARCH_MAX_CHARS)] = Field(
+        ..., description="search text, 1..200 characters after trimming")
+    type: Literal["project", "builder", "chain", "post", "investor"] | None = Field(
+        None, description="restrict to one kind")
+    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
+    offset: int = Field(0, ge=0, le=SEARCH_MAX_OFFSET, description="0..99 (search returns at most 100 results)")
+
+
+class ProjectCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: Annotated[NonBlank, Field(max_length=200)]
+    description: Annotated[CleanStr, Field(max_length=10_000)] = ""
+    tags: Annotated[list[Annotated[NonBlank, Field(max_length=40)]], Field(max_length=10)] = []
+    url: Annotated[CleanStr, Field(max_length=500, pattern=r"^https?://\S+$")] | None = None
+    chain_id: uuid.UUID | None = None
+
+
+class CommentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    body: Annotated[NonBlank, Field(max_length=5_000)]
+
+
+# -- response models (documentation and conformance) -------------------------------
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class ListMeta(BaseModel):
+    view: str
+    as_of: dt.datetime | None = Field(description="completion time of the view's last logged refresh (null: none)")
+    count: int
+    limit: int
+    next_cursor: str | None = None
+
+
+class SearchMeta(BaseModel):
+    view: str
+    as_of: dt.datetime | None
+    count: int
+    limit: int
+    offset: int
+    next_offset: int | None = None
+    q: str
+    type: str | None = None
+
+
+class ItemMeta(BaseModel):
+    view: str
+    as_of: dt.datetime | None
+    source: Literal["view", "live"] = "view"
+
+
+class UserMeta(BaseModel):
+    source: str
+    as_of: dt.datetime | None = None
+
+
+class FeedProject(BaseModel):
+    id: uuid.UUID
+    title: str
+    author_id: uuid.UUID
+    author_username: str
+    author_name: str
+    chain_id: uuid.UUID | None
+    chain_name: str | None
+    upvote_count: int
+    comment_count: int
+    created_at: dt.datetime
+    trending_score: float
+    user_has_upvoted: bool | None = Field(None, description="present when signed in")
+
+
+class FeedResponse(BaseModel):
+    data: list[FeedProject]
+    meta: ListMeta
+
+
+class ProjectDetail(BaseModel):
+    id: uuid.UUID
+    title: str
+    description: str
+    tags: list[str]
+    url: str | None
+    author_id: uuid.UUID
+    author_username: str
+    author_name: str
+    chain_id: uuid.UUID | None
+    chain_slug: str | None
+    chain_name: str | None
+    upvote_count: int
+    comment_count: int
+    trending_score: float
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    user_has_upvoted: bool | None = None
+
+
+class ProjectDetailResponse(BaseModel):
+    data: ProjectDetail
+    meta: ItemMeta
+
+
+class LeaderboardProject(BaseModel):
+    rank: int
+    id: uuid.UUID
+    title: str
+    author_id: uuid.UUID
+    author_username: str
+    author_name: str
+    chain_id: uuid.UUID | None
+    chain_name: str | None
+    upvote_count: int
+    comment_count: int
+    created_at: dt.datetime
+    user_has_upvoted: bool | None = None
+
+
+class LeaderboardProjectsResponse(BaseModel):
+    data: list[LeaderboardProject]
+    meta: ListMeta
+
+
+class LeaderboardBuilder(BaseModel):
+    rank: int
+    user_id: uuid.UUID
+    username: str
+    name: str
+    project_count: int
+    upvotes_received: int
+    comments_received: int
+    latest_project_at: dt.datetime | None
+
+
+class LeaderboardBuildersResponse(BaseModel):
+    data: list[LeaderboardBuilder]
+    meta: ListMeta
+
+
+class Chain(BaseModel):
+    id: uuid.UUID
+    slug: str
+    name: str
+    description: str
+    owner_id: uuid.UUID | None
+    owner_username: str | None
+    member_count: int
+    post_count: int
+    comment_count: int
+    project_count: int
+    activity_count: int
+    last_activity_at: dt.datetime | None
+    created_at: dt.datetime
+
+
+class ChainsResponse(BaseModel):
+    data: list[Chain]
+    meta: ListMeta
+
+
+class ChainPost(BaseModel):
+    id: uuid.UUID
+    chain_id: uuid.UUID
+    chain_slug: str
+    chain_name: str
+    user_id: uuid.UUID
+    author_username: str
+    author_name: str
+    title: str
+    excerpt: str
+    is_pinned: bool
+    upvote_count: int
+    comment_count: int
+    trending_score: float
+    last_activity_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class ChainPostsResponse(BaseModel):
+    data: list[ChainPost]
+    meta: ListMeta
+
+
+class Investor(BaseModel):
+    id: uuid.UUID
+    user_id: uuid.UUID
+    username: str
+    name: str
+    firm_name: str
+    title: str
+    bio_excerpt: str
+    focus_areas: list[str]
+    stages: list[str]
+    check_size_min: int | None
+    check_size_max: int | None
+    location: str
+    is_accepting_intros: bool
+    intro_requests_received: int
+    intro_requests_accepted: int
+    intro_requests_declined: int
+    intro_requests_pending: int
+    acceptance_rate: float | None
+    created_at: dt.datetime
+
+
+class InvestorsResponse(BaseModel):
+    data: list[Investor]
+    meta: ListMeta
+
+
+class SearchResult(BaseModel):
+    kind: Literal["project", "builder", "chain", "post", "investor"]
+    id: uuid.UUID
+    title: str
+    subtitle: str | None
+    snippet: str | None
+    url_path: str | None
+    parent_id: uuid.UUID | None
+    popularity: int
+    created_at: dt.datetime | None
+    score: float
+    match_type: Literal["fulltext", "fuzzy", "both"]
+
+
+class SearchResponse(BaseModel):
+    data: list[SearchResult]
+    meta: SearchMeta
+
+
+class UpvoteResult(BaseModel):
+    project_id: uuid.UUID
+    upvoted: bool
+    upvote_count: int = Field(description="exact count from Postgres right after the change")
+
+
+class UpvoteResponse(BaseModel):
+    data: UpvoteResult
+
+
+class CreatedProject(BaseModel):
+    id: uuid.UUID
+    title: str
+    description: str
+    tags: list[str]
+    url: str | None
+    chain_id: uuid.UUID | None
+    author_id: uuid.UUID
+    created_at: dt.datetime
+
+
+class CreatedProjectResponse(BaseModel):
+    data: CreatedProject
+
+
+class CreatedComment(BaseModel):
+    id: uuid.UUID
+    project_id: uuid.UUID
+    user_id: uuid.UUID
+    body: str
+    created_at: dt.datetime
+
+
+class CreatedCommentResponse(BaseModel):
+    data: CreatedComment
+
+
+class MeMeta(BaseModel):
+    source: str
+    as_of: dt.datetime
+
+
+class MeListMeta(MeMeta):
+    count: int
+    limit: int
+    next_cursor: str | None = None
+
+
+class Dashboard(BaseModel):
+    model_config = ConfigDict(extra="allow")  # PLACEHOLDER until 0010 lands
+    user_id: uuid.UUID
+
+
+class DashboardResponse(BaseModel):
+    data: Dashboard
+    meta: MeMeta
+
+
+class Conversation(BaseModel):
+    model_config = ConfigDict(extra="allow")  # PLACEHOLDER until 0010 lands
+    conversation_id: uuid.UUID
+
+
+class ConversationsResponse(BaseModel):
+    data: list[Conversation]
+    meta: MeListMeta
+
+
+class IntroStats(BaseModel):
+    model_config = ConfigDict(extra="allow")  # PLACEHOLDER until 0010 lands
+    user_id: uuid.UUID
+
+
+class IntroStatsResponse(BaseModel):
+    data: IntroStats
+    meta: MeMeta
+
+
+class RefreshAccepted(BaseModel):
+    task_id: str
+    view: str
+    queue: str | None
+    task: str
+
+
+class RefreshAcceptedResponse(BaseModel):
+    data: RefreshAccepted
+
+
+# -- spectree ---------------------------------------------------------------------
+
+
+def validation_failed(req: falcon.Request, resp: falcon.Response, error: Exception | None,
+                      instance: object, model_adapter: Any = None) -> None:
+    """spectree's ``before`` hook: a request validation error becomes our 422."""
+    if error is None:
+        return
+    details = []
+    for item in getattr(error, "errors", lambda: [])():
+        details.append({
+            "loc": [str(p) for p in item.get("loc", ())],
+            "msg": str(item.get("msg", "")),
+            "type": str(item.get("type", "")),
+        })
+    first = details[0] if details else None
+    where = ".".join(first["loc"]) if first and first["loc"] else "request"
+    message = f"{where}: {first['msg']}" if first else "request validation failed"
+    raise ApiError(falcon.HTTP_422, "validation_error", message, details=details)
+
+
+api_spec = SpecTree(
+    "falcon",
+    title="Discovery platform read API",
+    version="1.0.0",
+    description=(
+        "Reads come from materialized views and trigger-kept tables; meta.as_of and the "
+        "X-Data-Age header say how fresh the view is. Errors are {error: {code, message}}."
+    ),
+    mode="strict",
+    before=validation_failed,
+    validation_error_model=ErrorResponse,
+    security_schemes=[
+        SecurityScheme(name=BEARER, data=SecuritySchemeData(type="http", scheme="bearer", bearer_format="JWT")),
+    ],
+    annotations=True,
+)
+
+AUTH = {BEARER: []}
+
+
+def responses(ok: Any, *codes: int, ok_code: int = 200) -> Response:
+    """A spectree Response: ``ok`` for success, ErrorResponse for every listed error code.
+
+    Every route can answer 400 (malformed input), 401 (a bad token is refused
+    everywhere) and 503 (a dependency is down), so those are always listed.
+    """
+    models: dict[str, Any] = {f"HTTP_{ok_code}": ok}
+    for code in sorted({400, 401, 503, *codes}):
+        models[f"HTTP_{code}"] = ErrorResponse
+    return Response(**models)

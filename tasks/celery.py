@@ -15,7 +15,9 @@ starts), and ``tasks/`` has no import of ``beat/``. The scheduler sets
 
 from __future__ import annotations
 
+import sys
 from importlib.util import find_spec
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -23,6 +25,12 @@ from kombu import Exchange, Queue
 
 from schema.settings import Settings
 from tasks.routes import QUEUE_DEFAULT, QUEUES, REFRESH_VIEW, TASK_ROUTES
+
+# `celery -A tasks` puts the current directory on sys.path only while it
+# imports this package (and removes it afterwards); Beat imports its
+# scheduler by name later ("beat:DiscoveryScheduler"), so keep the project
+# root importable. Appended, so it never shadows an installed module.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 # The longest retry delay of a failed refresh. Retries are ETA messages, and
 # the Redis transport redelivers an unacknowledged ETA message after the

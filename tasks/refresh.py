@@ -58,7 +58,8 @@ def _statement_budget(task: Task) -> float | None:
     return max(1.0, float(soft) - 3.0)
 
 
-@app.task(bind=True, name=REFRESH_VIEW, acks_late=True, reject_on_worker_lost=True)
+# throws: an unknown name is an expected refusal, logged without a traceback.
+@app.task(bind=True, name=REFRESH_VIEW, acks_late=True, reject_on_worker_lost=True, throws=(UnknownView,))
 def refresh_view(self: Task, view_name: str, manual: bool = True) -> dict[str, Any]:
     """Refresh one view under its lock (see refresh_engine.run_refresh).
 

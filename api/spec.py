@@ -34,18 +34,28 @@ TOKEN_HINT = "python -m api token --user NAME"
 
 # -- cleaning of text input -------------------------------------------------------
 
+# "Contains a character that is neither whitespace nor NUL": the documented
+# pattern of required text, so the schema says what the cleaning below accepts.
+NOT_BLANK = r"[^\s\x00]"
 
-def _clean_text(value: Any) -> Any:
-    """Strip NUL (Postgres text cannot hold it) and refuse text that is not valid
-    UTF-8 (lone surrogates from JSON escapes), so no such string reaches SQL."""
-    if isinstance(value, str):
+
+def _cleaner(max_chars: int) -> BeforeValidator:
+    """Check the raw length, strip NUL (Postgres text cannot hold it), refuse text
+    that is not valid UTF-8 (lone surrogates from JSON escapes), then trim."""
+
+    def clean(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if len(value) > max_chars:
+            raise ValueError(f"at most {max_chars} characters")
         value = value.replace("\x00", "")
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError("text is not valid UTF-8") from None
         return value.strip()
-    return value
+
+    return BeforeValidator(clean)
 
 
 def _not_blank(value: str) -> str:
@@ -54,8 +64,25 @@ def _not_blank(value: str) -> str:
     return value
 
 
-CleanStr = Annotated[str, BeforeValidator(_clean_text)]
-NonBlank = Annotated[str, BeforeValidator(_clean_text), AfterValidator(_not_blank)]
+def _text(max_chars: int) -> Any:
+    """Optional text: cleaned, at most ``max_chars`` characters."""
+    # Constraints first: they then sit on the inner str schema (and so in the
+    # JSON schema); the cleaner wraps it and runs before them.
+    return Annotated[str, Field(max_length=max_chars), _cleaner(max_chars)]
+
+
+def _required_text(max_chars: int) -> Any:
+    """Text with at least one visible character after cleaning."""
+    return Annotated[str, Field(min_length=1, max_length=max_chars, pattern=NOT_BLANK), _cleaner(max_chars),
+                     AfterValidator(_not_blank)]
+
+
+SearchText = _required_text(SEARCH_MAX_CHARS)
+Title = _required_text(200)
+Description = _text(10_000)
+Tag = _required_text(40)
+Url = Annotated[str, Field(max_length=500, pattern=r"^https?://[^\s\x00]+$"), _cleaner(500)]
+CommentBody = _required_text(5_000)
 
 
 # -- request models -----------------------------------------------------------------
@@ -67,7 +94,8 @@ class _Query(BaseModel):
 
 class PageQuery(_Query):
     limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="page size (1..100)")
-    cursor: str | None = Field(None, max_length=512, description="meta.next_cursor of the previous page")
+    cursor: str | None = Field(None, max_length=512, pattern=r"^[A-Za-z0-9_-]+$",
+                               description="meta.next_cursor of the previous page (opaque)")
 
 
 class FeedQuery(PageQuery):
@@ -79,8 +107,7 @@ class ChainsQuery(PageQuery):
 
 
 class SearchQuery(_Query):
-    q: Annotated[NonBlank, Field(max_length=SEARCH_MAX_CHARS)] = Field(
-        ..., description="search text, 1..200 characters after trimming")
+    q: SearchText = Field(..., description="search text, 1..200 characters after trimming")
     type: Literal["project", "builder", "chain", "post", "investor"] | None = Field(
         None, description="restrict to one kind")
     limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
@@ -90,17 +117,17 @@ class SearchQuery(_Query):
 class ProjectCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    title: Annotated[NonBlank, Field(max_length=200)]
-    description: Annotated[CleanStr, Field(max_length=10_000)] = ""
-    tags: Annotated[list[Annotated[NonBlank, Field(max_length=40)]], Field(max_length=10)] = []
-    url: Annotated[CleanStr, Field(max_length=500, pattern=r"^https?://\S+$")] | None = None
+    title: Title
+    description: Description = ""
+    tags: Annotated[list[Tag], Field(max_length=10)] = []
+    url: Url | None = None
     chain_id: uuid.UUID | None = None
 
 
 class CommentCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    body: Annotated[NonBlank, Field(max_length=5_000)]
+    body: CommentBody
 
 
 # -- response models (documentation and conformance) -------------------------------

@@ -53,13 +53,10 @@ CREATE TABLE IF NOT EXISTS mv_registry (
     -- lower token (its Redis lock expired and was taken over) is refused.
     fence             bigint NOT NULL DEFAULT 0,
     description       text NOT NULL DEFAULT '',
-    -- Every write whose transaction is visible in this snapshot is in the
+    -- Every request whose transaction is visible in this snapshot is in the
     -- view. NULL: none is known to be (never refreshed through mv_refresh_run).
     covered_snapshot  pg_snapshot,
-    covered_at        timestamptz,
-    -- Set when the view must be refreshed although no write requested it
-    -- (re-enabled, or mv_request_refresh); cleared by the next refresh.
-    refresh_required_since timestamptz
+    covered_at        timestamptz
 );
 COMMENT ON TABLE mv_registry IS
     'Materialized views the refresh engine may refresh; the only source of names that reach dynamic SQL.';
@@ -80,13 +77,18 @@ CREATE INDEX IF NOT EXISTS idx_mv_dependencies_table ON mv_dependencies (table_n
 -- here, and each index would be one more insert (into a hot right-most page)
 -- per write. The table stays small (rows go once every dependent view has
 -- covered them), so the per-view aggregates scan it.
+-- A row names a base table (written by the request trigger: it is a request
+-- for every view depending on that table) or a view (an explicit request:
+-- mv_request_refresh, the API's manual path, a re-enabled view).
 CREATE TABLE IF NOT EXISTS mv_refresh_requests (
-    table_name    text NOT NULL,
+    table_name    text,
+    view_name     text,
     xid           xid8 NOT NULL DEFAULT pg_current_xact_id(),
-    requested_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+    requested_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    CHECK (table_name IS NOT NULL OR view_name IS NOT NULL)
 );
 COMMENT ON TABLE mv_refresh_requests IS
-    'Insert-only refresh requests: one per (base table, writing transaction); pending for a view until its covered_snapshot includes xid.';
+    'Insert-only refresh requests, one per (base table or view, writing transaction); pending for a view until its covered_snapshot includes xid.';
 -- Rows come and go quickly; vacuum the table often so it stays small.
 ALTER TABLE mv_refresh_requests SET (autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 5000,
                                      autovacuum_vacuum_insert_scale_factor = 0.0,
@@ -207,7 +209,7 @@ $$;
 -- ---------------------------------------------------------------------------
 
 -- Statement-level AFTER trigger on base tables: one request row for
--- TG_TABLE_NAME. Within one transaction a table is requested once (a
+-- TG_TABLE_NAME (a request for every view depending on it). Within one transaction a table is requested once (a
 -- transaction-local setting remembers it), so a transaction of many
 -- statements writes one row per table, not one per statement. The setting is
 -- transactional: a rolled-back savepoint forgets it together with the row it
@@ -262,32 +264,55 @@ BEGIN
 END $$;
 
 -- Ask for a refresh of one view without writing to its tables (e.g. after
--- changing its definition). Touches only the registry row.
+-- changing its definition). An insert like any other request: it never waits
+-- for a running refresh.
 CREATE OR REPLACE FUNCTION mv_request_refresh(p_view text) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM mv_check_registered(p_view);
-    UPDATE mv_registry r SET refresh_required_since = coalesce(r.refresh_required_since, clock_timestamp())
-    WHERE r.view_name = p_view;
+    INSERT INTO mv_refresh_requests (view_name) VALUES (p_view);
 END $$;
 
--- Enable or disable a view. Requests are only kept for enabled views, so a
--- re-enabled view is marked as needing a refresh.
+-- Enable or disable a view. Requests are pruned without waiting for disabled
+-- views, so a re-enabled view gets a request of its own.
 CREATE OR REPLACE FUNCTION mv_set_enabled(p_view text, p_enabled boolean) RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    was boolean;
 BEGIN
     PERFORM mv_check_registered(p_view);
-    UPDATE mv_registry r
-    SET enabled = p_enabled,
-        refresh_required_since = CASE WHEN p_enabled AND NOT r.enabled
-                                      THEN coalesce(r.refresh_required_since, clock_timestamp())
-                                      ELSE r.refresh_required_since END
-    WHERE r.view_name = p_view;
+    SELECT r.enabled INTO was FROM mv_registry r WHERE r.view_name = p_view;
+    UPDATE mv_registry r SET enabled = p_enabled WHERE r.view_name = p_view;
+    IF p_enabled AND NOT was THEN
+        INSERT INTO mv_refresh_requests (view_name) VALUES (p_view);
+    END IF;
 END $$;
 
--- Delete request rows that every enabled dependent view has covered. Rows
--- another transaction is deleting are skipped rather than waited for (two
--- refreshes of different views never wait on each other here).
+-- Each request row once per view it is for: table requests fan out to the
+-- views depending on the table, view requests are for that view.
+CREATE OR REPLACE VIEW mv_request_targets AS
+SELECT d.view_name, q.xid, q.requested_at
+FROM mv_refresh_requests q
+JOIN mv_dependencies d ON d.table_name = q.table_name
+UNION ALL
+SELECT q.view_name, q.xid, q.requested_at
+FROM mv_refresh_requests q
+WHERE q.view_name IS NOT NULL;
+
+-- Pending requests per enabled view.
+CREATE OR REPLACE VIEW mv_pending_requests AS
+SELECT t.view_name,
+       count(*) AS pending_requests,
+       min(t.requested_at) AS first_requested_at,
+       max(t.requested_at) AS last_requested_at
+FROM mv_request_targets t
+JOIN mv_registry r ON r.view_name = t.view_name
+WHERE r.enabled AND NOT mv_request_covered(t.xid, r.covered_snapshot)
+GROUP BY t.view_name;
+
+-- Delete request rows that every enabled view they are for has covered.
+-- Rows another transaction is deleting are skipped rather than waited for, so
+-- refreshes of different views never wait on each other here.
 CREATE OR REPLACE FUNCTION mv_prune_requests() RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -299,30 +324,16 @@ BEGIN
         FROM mv_refresh_requests c
         WHERE NOT EXISTS (
             SELECT 1
-            FROM mv_dependencies d
-            JOIN mv_registry r ON r.view_name = d.view_name
-            WHERE d.table_name = c.table_name AND r.enabled
+            FROM mv_registry r
+            WHERE r.enabled
+              AND (r.view_name = c.view_name
+                   OR EXISTS (SELECT 1 FROM mv_dependencies d
+                              WHERE d.table_name = c.table_name AND d.view_name = r.view_name))
               AND NOT mv_request_covered(c.xid, r.covered_snapshot))
         FOR UPDATE SKIP LOCKED));
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END $$;
-
--- ---------------------------------------------------------------------------
--- What is pending
--- ---------------------------------------------------------------------------
-
--- Pending requests per enabled view: one scan of the request table.
-CREATE OR REPLACE VIEW mv_pending_requests AS
-SELECT d.view_name,
-       count(*) AS pending_requests,
-       min(q.requested_at) AS first_requested_at,
-       max(q.requested_at) AS last_requested_at
-FROM mv_refresh_requests q
-JOIN mv_dependencies d ON d.table_name = q.table_name
-JOIN mv_registry r ON r.view_name = d.view_name
-WHERE r.enabled AND NOT mv_request_covered(q.xid, r.covered_snapshot)
-GROUP BY d.view_name;
 
 -- ---------------------------------------------------------------------------
 -- The refresh protocol
@@ -359,7 +370,6 @@ DECLARE
     v_log_id    bigint := p_log_id;
     v_started   timestamptz;
     v_old       pg_snapshot;
-    v_required  timestamptz;
     v_snap      pg_snapshot;
     v_cleared   integer;
     v_own       integer;
@@ -398,20 +408,20 @@ BEGIN
     -- The lock is ours from here: this is when the refresh really starts.
     v_started := clock_timestamp();
 
-    SELECT r.covered_snapshot, r.refresh_required_since INTO v_old, v_required
-    FROM mv_registry r WHERE r.view_name = p_view;
+    SELECT r.covered_snapshot INTO v_old FROM mv_registry r WHERE r.view_name = p_view;
     -- Taken in its own statement: the REFRESH below runs under a newer
     -- snapshot, so every write visible here is in the refreshed view.
     v_snap := mv_covering_snapshot();
-    SELECT count(*) FILTER (WHERE mv_request_covered(q.xid, v_snap)),
-           count(*) FILTER (WHERE q.xid = pg_current_xact_id_if_assigned())
+    SELECT count(*) FILTER (WHERE mv_request_covered(t.xid, v_snap)),
+           count(*) FILTER (WHERE t.xid = pg_current_xact_id_if_assigned())
     INTO v_cleared, v_own
-    FROM mv_refresh_requests q
-    JOIN mv_dependencies d ON d.table_name = q.table_name AND d.view_name = p_view
-    WHERE NOT mv_request_covered(q.xid, v_old);
+    FROM mv_request_targets t
+    WHERE t.view_name = p_view AND NOT mv_request_covered(t.xid, v_old);
 
     -- Nothing pending: nothing to do (another worker got there first).
-    IF v_cleared = 0 AND v_own = 0 AND v_required IS NULL AND NOT p_force THEN
+    -- (A request of this very transaction still gets its refresh: the
+    -- REFRESH sees the transaction's own writes.)
+    IF v_cleared = 0 AND v_own = 0 AND NOT p_force THEN
         UPDATE mv_refresh_log l
         SET status = 'skipped', refresh_started_at = v_started, refresh_completed_at = clock_timestamp(),
             duration_ms = 0, requests_cleared = 0, fence = v_fence, error = NULL
@@ -421,7 +431,7 @@ BEGIN
     END IF;
 
     UPDATE mv_registry r
-    SET covered_snapshot = v_snap, covered_at = clock_timestamp(), refresh_required_since = NULL
+    SET covered_snapshot = v_snap, covered_at = clock_timestamp()
     WHERE r.view_name = p_view;
 
     -- CONCURRENTLY's diff is a full join of old and new contents: give it
@@ -500,15 +510,13 @@ END $$;
 CREATE OR REPLACE VIEW mv_refresh_queue AS
 SELECT r.view_name,
        CASE WHEN running.id IS NOT NULL THEN 'in_progress'
-            WHEN coalesce(p.pending_requests, 0) > 0 OR r.refresh_required_since IS NOT NULL THEN 'pending'
+            WHEN coalesce(p.pending_requests, 0) > 0 THEN 'pending'
             WHEN last.status = 'failed' THEN 'failed'
             ELSE 'completed'
        END AS status,
-       CASE WHEN r.refresh_required_since IS NULL THEN p.first_requested_at
-            ELSE least(p.first_requested_at, r.refresh_required_since) END AS refresh_requested_at,
-       CASE WHEN r.refresh_required_since IS NULL THEN p.last_requested_at
-            ELSE greatest(p.last_requested_at, r.refresh_required_since) END AS last_requested_at,
-       coalesce(p.pending_requests, 0) + (r.refresh_required_since IS NOT NULL)::integer AS pending_requests,
+       p.first_requested_at AS refresh_requested_at,
+       p.last_requested_at,
+       coalesce(p.pending_requests, 0) AS pending_requests,
        last.refresh_started_at AS last_refresh_started_at,
        last.refresh_completed_at AS last_refresh_completed_at,
        last.status AS last_status,

@@ -10,9 +10,10 @@
 --   search_content(q, type, lim)             full text (websearch syntax, prefix on the last word)
 --   search_fuzzy(q, type, threshold, lim)    trigram word similarity, typo tolerant
 --   search_combined(q, type, lim)            both, merged per (kind, id), one combined score
+-- The views are registered in mv_registry / mv_dependencies (0020) at the end,
+-- with request triggers on the base tables they depend on.
 --
--- What is searchable (the same rule as the feed: deleted things and the things
--- of deleted users disappear):
+-- What is searchable (deleted things and the things of deleted users disappear):
 --   project   not deleted, author not deleted
 --   builder   users not deleted with role 'builder' or at least one live project
 --   chain     not deleted
@@ -35,6 +36,15 @@ BEGIN;
 
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
 
+-- First 160 characters of a body, whitespace collapsed. Clipped before the
+-- regex so the cost per row does not grow with the body (the regex over whole
+-- descriptions was 1.7 s of a 500k-project refresh).
+CREATE OR REPLACE FUNCTION search_snippet(body text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT left(btrim(regexp_replace(left(body, 320), '\s+', ' ', 'g')), 160)
+$$;
+
 -- ---------------------------------------------------------------------------
 -- mv_search_index
 -- ---------------------------------------------------------------------------
@@ -43,63 +53,56 @@ CREATE EXTENSION IF NOT EXISTS pg_trgm;
 --   id             the row's id in its base table (users.id for builders)
 --   title          what a result shows as its heading
 --   subtitle       one line of context: "by <author>", the chain of a post, the firm
---   snippet        first 200 characters of the body/description, whitespace collapsed
+--   snippet        search_snippet() of the body/description/bio
 --   url_path       a client route for the result (not an API path)
 --   parent_id      project: author user id; post: chain id; investor: user id; else NULL
---   popularity     ranking tiebreaker: upvotes (project, post), upvotes received on
---                  live projects (builder), members (chain), intro requests received (investor)
+--   popularity     ranking tiebreaker only: upvotes (project, post), live projects (builder),
+--                  members (chain), intro requests received (investor). For project, post,
+--                  chain and investor a SNAPSHOT as of the last refresh of this view: the vote,
+--                  member and intro tables are deliberately not dependencies ("Dependencies"
+--                  at the end).
 --   created_at     the base row's created_at
---   search_vector  weights: A title/name, B tags/slug/username/focus areas, C body, D author name
+--   title_vector   A title/name, B tags/slug/username/firm/focus areas: the first search tier
+--   search_vector  title_vector plus C body/description/bio: everything full text matches
 --   search_text    lowercased title + key names, for trigram matching (kept short on purpose:
 --                  word similarity is measured against it, and long texts make every
 --                  trigram common)
+-- The title part of the vectors is computed once per row (LATERAL ... OFFSET 0
+-- keeps the planner from inlining it into both columns): to_tsvector is most of
+-- the refresh cost.
 CREATE MATERIALIZED VIEW IF NOT EXISTS mv_search_index AS
 WITH live_users AS (
     SELECT id, username, name, role, bio, created_at FROM users WHERE NOT is_deleted
 ),
-live_projects AS (
-    SELECT p.*, u.username AS author_username, u.name AS author_name
-    FROM projects p
-    JOIN live_users u ON u.id = p.user_id
-    WHERE NOT p.is_deleted
-),
-project_votes AS (
-    SELECT project_id, count(*) AS n FROM project_upvotes GROUP BY project_id
-),
 builder_stats AS (
-    SELECT p.user_id, count(*) AS projects, coalesce(sum(v.n), 0)::bigint AS upvotes
-    FROM live_projects p
-    LEFT JOIN project_votes v ON v.project_id = p.id
+    SELECT p.user_id, count(*) AS live_projects
+    FROM projects p
+    WHERE NOT p.is_deleted
     GROUP BY p.user_id
-),
-chain_member_counts AS (
-    SELECT chain_id, count(*) AS n FROM chain_members GROUP BY chain_id
-),
-post_votes AS (
-    SELECT post_id, count(*) AS n FROM post_upvotes GROUP BY post_id
-),
-intro_counts AS (
-    SELECT investor_id, count(*) AS n
-    FROM intro_requests
-    WHERE NOT is_deleted AND status <> 'withdrawn'
-    GROUP BY investor_id
 )
+-- Counts are correlated subqueries on purpose: an index-only probe per row
+-- (the FK indexes of 0000) instead of a join that sorted every wide project
+-- row (description included) to merge it with the vote counts.
 SELECT 'project'::text AS kind,
        p.id,
        p.title,
-       'by ' || p.author_name AS subtitle,
-       left(regexp_replace(p.description, '\s+', ' ', 'g'), 200) AS snippet,
+       'by ' || u.name AS subtitle,
+       search_snippet(p.description) AS snippet,
        '/projects/' || p.id AS url_path,
        p.user_id AS parent_id,
-       coalesce(v.n, 0)::bigint AS popularity,
+       (SELECT count(*) FROM project_upvotes v WHERE v.project_id = p.id) AS popularity,
        p.created_at,
-       setweight(to_tsvector('english', p.title), 'A')
-         || setweight(to_tsvector('english', array_to_string(p.tags, ' ')), 'B')
-         || setweight(to_tsvector('english', p.description), 'C')
-         || setweight(to_tsvector('english', p.author_name), 'D') AS search_vector,
+       t.title_vector,
+       t.title_vector || setweight(to_tsvector('english', p.description), 'C') AS search_vector,
        lower(left(p.title || ' ' || array_to_string(p.tags, ' '), 300)) AS search_text
-FROM live_projects p
-LEFT JOIN project_votes v ON v.project_id = p.id
+FROM projects p
+JOIN live_users u ON u.id = p.user_id
+CROSS JOIN LATERAL (
+    SELECT setweight(to_tsvector('english', p.title), 'A')
+           || setweight(to_tsvector('english', array_to_string(p.tags, ' ')), 'B') AS title_vector
+    OFFSET 0
+) t
+WHERE NOT p.is_deleted
 
 UNION ALL
 
@@ -107,16 +110,20 @@ SELECT 'builder',
        u.id,
        u.name,
        '@' || u.username,
-       left(regexp_replace(u.bio, '\s+', ' ', 'g'), 200),
+       search_snippet(u.bio),
        '/builders/' || u.username,
        NULL::uuid,
-       coalesce(b.upvotes, 0)::bigint,
+       coalesce(b.live_projects, 0)::bigint,
        u.created_at,
-       setweight(to_tsvector('english', u.name), 'A')
-         || setweight(to_tsvector('english', u.username), 'B')
-         || setweight(to_tsvector('english', u.bio), 'C'),
+       t.title_vector,
+       t.title_vector || setweight(to_tsvector('english', u.bio), 'C'),
        lower(left(u.name || ' ' || u.username, 300))
 FROM live_users u
+CROSS JOIN LATERAL (
+    SELECT setweight(to_tsvector('english', u.name), 'A')
+           || setweight(to_tsvector('english', u.username), 'B') AS title_vector
+    OFFSET 0
+) t
 LEFT JOIN builder_stats b ON b.user_id = u.id
 WHERE u.role = 'builder' OR b.user_id IS NOT NULL
 
@@ -126,17 +133,20 @@ SELECT 'chain',
        c.id,
        c.name,
        '/' || c.slug,
-       left(regexp_replace(c.description, '\s+', ' ', 'g'), 200),
+       search_snippet(c.description),
        '/chains/' || c.slug,
        NULL::uuid,
-       coalesce(m.n, 0)::bigint,
+       (SELECT count(*) FROM chain_members m WHERE m.chain_id = c.id),
        c.created_at,
-       setweight(to_tsvector('english', c.name), 'A')
-         || setweight(to_tsvector('english', replace(c.slug, '-', ' ')), 'B')
-         || setweight(to_tsvector('english', c.description), 'C'),
+       t.title_vector,
+       t.title_vector || setweight(to_tsvector('english', c.description), 'C'),
        lower(left(c.name || ' ' || c.slug, 300))
 FROM chains c
-LEFT JOIN chain_member_counts m ON m.chain_id = c.id
+CROSS JOIN LATERAL (
+    SELECT setweight(to_tsvector('english', c.name), 'A')
+           || setweight(to_tsvector('english', replace(c.slug, '-', ' ')), 'B') AS title_vector
+    OFFSET 0
+) t
 WHERE NOT c.is_deleted
 
 UNION ALL
@@ -145,20 +155,21 @@ SELECT 'post',
        cp.id,
        cp.title,
        'in ' || c.name,
-       left(regexp_replace(cp.body, '\s+', ' ', 'g'), 200),
+       search_snippet(cp.body),
        '/chains/' || c.slug || '/posts/' || cp.id,
        cp.chain_id,
-       coalesce(v.n, 0)::bigint,
+       (SELECT count(*) FROM post_upvotes v WHERE v.post_id = cp.id),
        cp.created_at,
-       setweight(to_tsvector('english', cp.title), 'A')
-         || setweight(to_tsvector('english', c.name), 'B')
-         || setweight(to_tsvector('english', cp.body), 'C')
-         || setweight(to_tsvector('english', u.name), 'D'),
+       t.title_vector,
+       t.title_vector || setweight(to_tsvector('english', cp.body), 'C'),
        lower(left(cp.title, 300))
 FROM chain_posts cp
 JOIN chains c ON c.id = cp.chain_id AND NOT c.is_deleted
 JOIN live_users u ON u.id = cp.user_id
-LEFT JOIN post_votes v ON v.post_id = cp.id
+CROSS JOIN LATERAL (
+    SELECT setweight(to_tsvector('english', cp.title), 'A') AS title_vector
+    OFFSET 0
+) t
 WHERE NOT cp.is_deleted
 
 UNION ALL
@@ -167,38 +178,58 @@ SELECT 'investor',
        i.id,
        u.name,
        i.firm_name,
-       left(regexp_replace(i.bio, '\s+', ' ', 'g'), 200),
+       search_snippet(i.bio),
        '/investors/' || i.id,
        i.user_id,
-       coalesce(r.n, 0)::bigint,
+       (SELECT count(*) FROM intro_requests r
+        WHERE r.investor_id = i.id AND NOT r.is_deleted AND r.status <> 'withdrawn'),
        i.created_at,
-       setweight(to_tsvector('english', u.name || ' ' || i.firm_name), 'A')
-         || setweight(to_tsvector('english', array_to_string(i.focus_areas || i.stages, ' ')
-                                             || ' ' || i.location || ' ' || u.username), 'B')
-         || setweight(to_tsvector('english', i.title || ' ' || i.bio), 'C'),
+       t.title_vector,
+       t.title_vector || setweight(to_tsvector('english', i.title || ' ' || i.bio), 'C'),
        lower(left(u.name || ' ' || i.firm_name, 300))
 FROM investors i
 JOIN live_users u ON u.id = i.user_id
-LEFT JOIN intro_counts r ON r.investor_id = i.id
+CROSS JOIN LATERAL (
+    SELECT setweight(to_tsvector('english', u.name), 'A')
+           || setweight(to_tsvector('english', i.firm_name || ' ' || u.username || ' '
+                                               || array_to_string(i.focus_areas || i.stages, ' ')
+                                               || ' ' || i.location), 'B') AS title_vector
+    OFFSET 0
+) t
 WHERE NOT i.is_deleted
 WITH DATA;
 
 -- CONCURRENTLY needs a unique index on plain columns without WHERE.
 CREATE UNIQUE INDEX IF NOT EXISTS mv_search_index_kind_id ON mv_search_index (kind, id);
-CREATE INDEX IF NOT EXISTS mv_search_index_vector ON mv_search_index USING gin (search_vector);
-CREATE INDEX IF NOT EXISTS mv_search_index_trgm ON mv_search_index USING gin (search_text gin_trgm_ops);
--- Typed searches of a rare kind (investor, chain) can AND this with a GIN bitmap.
-CREATE INDEX IF NOT EXISTS mv_search_index_kind ON mv_search_index (kind);
+-- fastupdate = off: REFRESH ... CONCURRENTLY writes changed rows as inserts, and
+-- with the default fastupdate those go to the GIN pending list, which every
+-- search then scans linearly until a vacuum merges it (a manual ANALYZE does
+-- not). Observed: 5,000 rows inserted by a refresh left the planner preferring
+-- a sequential scan (GIN cost inflated by the pending list). Writing straight
+-- into the GIN tree makes the refresh do a little more work and keeps every
+-- search on the index.
+CREATE INDEX IF NOT EXISTS mv_search_index_vector ON mv_search_index USING gin (search_vector)
+    WITH (fastupdate = off);
+CREATE INDEX IF NOT EXISTS mv_search_index_title_vector ON mv_search_index USING gin (title_vector)
+    WITH (fastupdate = off);
+CREATE INDEX IF NOT EXISTS mv_search_index_trgm ON mv_search_index USING gin (search_text gin_trgm_ops)
+    WITH (fastupdate = off);
+-- No index on kind, on purpose: five values, one of them ~70% of the rows. The
+-- GIN conditions bound every search and the kind test filters their
+-- candidates; a kind index only gave the planner a wrong turn while statistics
+-- were stale after a big refresh (observed: a Bitmap Index Scan on kind =
+-- 'project' reading every project and rechecking @@ on each, instead of GIN).
 
 -- ---------------------------------------------------------------------------
 -- mv_chain_posts
 -- ---------------------------------------------------------------------------
 -- trending_score is the time-independent hot score (as in phase 2's feed):
--- log10 of the activity plus created-time in units of 12.5 hours, so ten times
--- the activity equals 12.5 hours of recency. Decay needs no now(): newer posts
--- simply start higher. float8 on purpose (numeric log/extract is ~3x slower,
--- research/limits.md). Posts by deleted users, in deleted chains, or deleted
--- themselves are not listed; deleted comments are not counted.
+-- log10 of the activity (upvotes + 2 * comments) plus created-time in units of
+-- 12.5 hours, so ten times the activity equals 12.5 hours of recency. Decay
+-- needs no now(): newer posts simply start higher. float8 on purpose (numeric
+-- log/extract is ~3x slower, research/limits.md). Posts by deleted users, in
+-- deleted chains, or deleted themselves are not listed; deleted comments are
+-- not counted.
 CREATE MATERIALIZED VIEW IF NOT EXISTS mv_chain_posts AS
 WITH post_votes AS (
     SELECT post_id, count(*) AS n FROM post_upvotes GROUP BY post_id
@@ -217,7 +248,7 @@ SELECT cp.id,
        u.username AS author_username,
        u.name AS author_name,
        cp.title,
-       left(regexp_replace(cp.body, '\s+', ' ', 'g'), 280) AS excerpt,
+       search_snippet(cp.body) AS excerpt,
        cp.is_pinned,
        coalesce(v.n, 0)::int AS upvote_count,
        coalesce(cs.n, 0)::int AS comment_count,
@@ -268,7 +299,7 @@ SELECT i.id,
        u.name,
        i.firm_name,
        i.title,
-       left(regexp_replace(i.bio, '\s+', ' ', 'g'), 280) AS bio_excerpt,
+       search_snippet(i.bio) AS bio_excerpt,
        i.focus_areas,
        i.stages,
        i.check_size_min,
@@ -292,8 +323,10 @@ CREATE INDEX IF NOT EXISTS mv_investors_directory_name ON mv_investors_directory
 CREATE INDEX IF NOT EXISTS mv_investors_directory_received
     ON mv_investors_directory (intro_requests_received DESC, id);
 -- WHERE focus_areas @> ARRAY['fintech'] / && ARRAY[...]
-CREATE INDEX IF NOT EXISTS mv_investors_directory_focus ON mv_investors_directory USING gin (focus_areas);
-CREATE INDEX IF NOT EXISTS mv_investors_directory_stages ON mv_investors_directory USING gin (stages);
+CREATE INDEX IF NOT EXISTS mv_investors_directory_focus ON mv_investors_directory USING gin (focus_areas)
+    WITH (fastupdate = off);
+CREATE INDEX IF NOT EXISTS mv_investors_directory_stages ON mv_investors_directory USING gin (stages)
+    WITH (fastupdate = off);
 
 -- ---------------------------------------------------------------------------
 -- Query normalisation helpers
@@ -385,17 +418,27 @@ $$;
 -- functions, STABLE, not STRICT, no SET clause and not SECURITY DEFINER, so the
 -- planner inlines them into the calling query: the guide's
 --   EXPLAIN ANALYZE SELECT * FROM search_combined('test query', 'project', 20);
--- shows the Bitmap Index Scans on mv_search_index_vector and mv_search_index_trgm
+-- shows the Bitmap Index Scans on mv_search_index_title_vector / _vector / _trgm
 -- directly (no opaque Function Scan). search_fuzzy needs a SET clause (below), so
--- it is not inlined; its inner plan is visible with auto_explain:
+-- it is not inlined; its inner plans are visible with auto_explain:
 --   LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;
 --   SET auto_explain.log_nested_statements = on; SET auto_explain.log_analyze = on;
 --   SET client_min_messages = log; SELECT * FROM search_fuzzy('blokchain', NULL, 0.3, 10);
 -- (tests/test_phase3_search.py checks all three this way).
 
--- Full text. Rank: ts_rank_cd with weights {D,C,B,A} = {0.1,0.2,0.4,1.0} and
--- normalisation 32 (rank/(rank+1), so scores stay in [0,1) and combine with
--- trigram similarity).
+-- Full text, in two tiers, because ranking every match of a common word means
+-- visiting every matching row (measured at 680k rows: a word in 15% of bodies
+-- cost 150 ms in heap visits alone):
+--   1. rows whose title/name/tags (title_vector) match: score 1 + rank;
+--   2. only if tier 1 has fewer than lim rows, rows matching in the body only:
+--      score = rank. (Its LIMIT is then 0 and the executor never starts that scan.)
+-- So a title match always ranks above a body-only match; within a tier, rank is
+-- ts_rank over the whole search_vector with weights {D,C,B,A} =
+-- {0.1,0.2,0.4,1.0} and normalisation 32 (rank/(rank+1), in [0,1)). ts_rank,
+-- not ts_rank_cd: cover density scores a cover by its length, so for 'web3
+-- project' a row with 'Web3' in its title and 'project' in its body (a long
+-- cover across title and body) ranked below rows with both words in the body;
+-- ts_rank weighs each occurrence by where it is (demo data, checked by hand).
 CREATE OR REPLACE FUNCTION search_content(q text, type text DEFAULT NULL, lim integer DEFAULT 20)
 RETURNS TABLE (
     kind text, id uuid, title text, subtitle text, snippet text, url_path text, parent_id uuid,
@@ -403,15 +446,30 @@ RETURNS TABLE (
 )
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    SELECT s.kind, s.id, s.title, s.subtitle, s.snippet, s.url_path, s.parent_id,
-           s.popularity, s.created_at,
-           ts_rank_cd('{0.1,0.2,0.4,1.0}', s.search_vector, search_tsquery(q), 32)::float8 AS score,
-           'fulltext'::text AS match_type
-    FROM mv_search_index s
-    WHERE s.search_vector @@ search_tsquery(q)
-      AND (type IS NULL OR s.kind = type)
-    ORDER BY score DESC, s.popularity DESC, s.created_at DESC, s.id
-    LIMIT least(greatest(coalesce(lim, 20), 1), 100)
+    WITH title_hits AS (
+        SELECT s.kind, s.id, s.title, s.subtitle, s.snippet, s.url_path, s.parent_id,
+               s.popularity, s.created_at,
+               1 + ts_rank('{0.1,0.2,0.4,1.0}', s.search_vector, search_tsquery(q), 32)::float8 AS score
+        FROM mv_search_index s
+        WHERE s.title_vector @@ search_tsquery(q)
+          AND (type IS NULL OR s.kind = type)
+        ORDER BY score DESC, s.popularity DESC, s.created_at DESC, s.id
+        LIMIT least(greatest(coalesce(lim, 20), 1), 100)
+    ),
+    body_hits AS (
+        SELECT s.kind, s.id, s.title, s.subtitle, s.snippet, s.url_path, s.parent_id,
+               s.popularity, s.created_at,
+               ts_rank('{0.1,0.2,0.4,1.0}', s.search_vector, search_tsquery(q), 32)::float8 AS score
+        FROM mv_search_index s
+        WHERE s.search_vector @@ search_tsquery(q)
+          AND NOT s.title_vector @@ search_tsquery(q)
+          AND (type IS NULL OR s.kind = type)
+        ORDER BY score DESC, s.popularity DESC, s.created_at DESC, s.id
+        LIMIT least(greatest(coalesce(lim, 20), 1), 100) - (SELECT count(*) FROM title_hits)
+    )
+    SELECT h.*, 'fulltext'::text AS match_type
+    FROM (SELECT * FROM title_hits UNION ALL SELECT * FROM body_hits) h
+    ORDER BY h.score DESC, h.popularity DESC, h.created_at DESC, h.id
 $$;
 
 -- Fuzzy: word similarity between the query and the closest stretch of
@@ -427,8 +485,18 @@ $$;
 -- restore it on exit (also on error), so the caller's setting never changes.
 -- The cost is that this function is not inlined (see auto_explain above).
 -- PARALLEL RESTRICTED: a GUC cannot be set inside a parallel worker.
+--
+-- Threshold ladder (exact, not an approximation): a low threshold such as the
+-- guide's 0.3 makes every row sharing a third of the query's trigrams a
+-- candidate, and each candidate costs a heap visit plus a similarity (measured
+-- at 680k rows: 'web3 project' at 0.3 = 2.2 s). Results are ordered by
+-- similarity, so if at least lim rows reach a higher threshold r, the top lim
+-- at the caller's threshold are exactly the top lim at r (every row below r
+-- ranks after all of them). The function tries 0.8 and 0.6 (those above the
+-- caller's threshold) first; a cheap LIMIT lim count tells whether a rung
+-- has enough rows, and only then is that rung ranked in full.
 CREATE OR REPLACE FUNCTION search_fuzzy(
-    q text, type text DEFAULT NULL, threshold real DEFAULT 0.3, lim integer DEFAULT 20
+    q text, type text DEFAULT NULL, threshold double precision DEFAULT 0.3, lim integer DEFAULT 20
 )
 RETURNS TABLE (
     kind text, id uuid, title text, subtitle text, snippet text, url_path text, parent_id uuid,
@@ -441,34 +509,51 @@ AS $$
 DECLARE
     qt text := search_fuzzy_text(q);
     n integer := least(greatest(coalesce(lim, 20), 1), 100);
+    floor_t double precision := least(greatest(coalesce(threshold, 0.3), 0.1), 1.0);
+    rung double precision;
+    reached integer;
 BEGIN
     IF qt IS NULL THEN
         RETURN;
     END IF;
-    PERFORM set_config('pg_trgm.word_similarity_threshold',
-                       least(greatest(coalesce(threshold, 0.3), 0.1), 1.0)::text, true);
-    RETURN QUERY
-        SELECT s.kind, s.id, s.title, s.subtitle, s.snippet, s.url_path, s.parent_id,
-               s.popularity, s.created_at,
-               word_similarity(qt, s.search_text)::float8 AS fuzzy_score,
-               'fuzzy'::text
-        FROM mv_search_index s
-        WHERE qt <% s.search_text
-          AND (search_fuzzy.type IS NULL OR s.kind = search_fuzzy.type)
-        ORDER BY fuzzy_score DESC, s.popularity DESC, s.created_at DESC, s.id
-        LIMIT n;
+    FOREACH rung IN ARRAY ARRAY[0.8, 0.6]::float8[] || floor_t LOOP
+        CONTINUE WHEN rung < floor_t;
+        PERFORM set_config('pg_trgm.word_similarity_threshold', rung::text, true);
+        IF rung > floor_t THEN
+            SELECT count(*) INTO reached
+            FROM (SELECT 1 FROM mv_search_index s
+                  WHERE qt <% s.search_text
+                    AND (search_fuzzy.type IS NULL OR s.kind = search_fuzzy.type)
+                  LIMIT n) enough;
+            CONTINUE WHEN reached < n;
+        END IF;
+        RETURN QUERY
+            SELECT s.kind, s.id, s.title, s.subtitle, s.snippet, s.url_path, s.parent_id,
+                   s.popularity, s.created_at,
+                   word_similarity(qt, s.search_text)::float8 AS fuzzy_score,
+                   'fuzzy'::text
+            FROM mv_search_index s
+            WHERE qt <% s.search_text
+              AND (search_fuzzy.type IS NULL OR s.kind = search_fuzzy.type)
+            ORDER BY fuzzy_score DESC, s.popularity DESC, s.created_at DESC, s.id
+            LIMIT n;
+        RETURN;
+    END LOOP;
 END
 $$;
 
--- Combined: the best 2*lim of each side, merged on (kind, id) with a FULL JOIN
--- (one row per thing), score = fulltext rank + 0.5 * word similarity. An exact
--- title hit scores about 0.5 + 0.5; a typo-only hit about 0.3. Inlined (see
--- above); its fuzzy side uses the session's pg_trgm.word_similarity_threshold
--- (default 0.6: 'blokchain' still finds 'blockchain' at 0.62), because an
--- inlinable function cannot set a GUC. Callers that want another threshold use
--- search_fuzzy. Taking 2*lim per side means a thing ranked beyond 2*lim on both
--- sides cannot enter the merged top lim even if its summed score would; with
--- ranks this skewed that does not change the top results in practice.
+-- Combined: the tiered full-text results (best 2*lim), supplemented by fuzzy
+-- matches when full text finds fewer than 2*lim, merged on (kind, id) with a
+-- FULL JOIN (one row per thing): score = full-text score + 0.5 * word
+-- similarity. So title matches (>= 1) rank above body-only matches, and a
+-- typo-only hit scores at most 0.5. When full text already has 2*lim matches
+-- (a common word, correctly spelled) the fuzzy side's LIMIT is 0 and its scan
+-- never runs: measured at 680k rows, a fuzzy side for 'web3 project' alone was
+-- 1.9 s, because 'project' makes half the titles similar to it.
+-- Inlined (see above); its fuzzy side uses the session's
+-- pg_trgm.word_similarity_threshold (default 0.6: 'blokchain' still finds
+-- 'blockchain' at 0.62), because an inlinable function cannot set a GUC.
+-- Callers that want another threshold use search_fuzzy.
 CREATE OR REPLACE FUNCTION search_combined(q text, type text DEFAULT NULL, lim integer DEFAULT 20)
 RETURNS TABLE (
     kind text, id uuid, title text, subtitle text, snippet text, url_path text, parent_id uuid,
@@ -476,14 +561,27 @@ RETURNS TABLE (
 )
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    WITH ft AS (
+    WITH title_hits AS (
         SELECT s.kind, s.id,
-               ts_rank_cd('{0.1,0.2,0.4,1.0}', s.search_vector, search_tsquery(q), 32)::float8 AS rank
+               1 + ts_rank('{0.1,0.2,0.4,1.0}', s.search_vector, search_tsquery(q), 32)::float8 AS rank
         FROM mv_search_index s
-        WHERE s.search_vector @@ search_tsquery(q)
+        WHERE s.title_vector @@ search_tsquery(q)
           AND (type IS NULL OR s.kind = type)
         ORDER BY rank DESC, s.popularity DESC, s.created_at DESC, s.id
         LIMIT 2 * least(greatest(coalesce(lim, 20), 1), 100)
+    ),
+    body_hits AS (
+        SELECT s.kind, s.id,
+               ts_rank('{0.1,0.2,0.4,1.0}', s.search_vector, search_tsquery(q), 32)::float8 AS rank
+        FROM mv_search_index s
+        WHERE s.search_vector @@ search_tsquery(q)
+          AND NOT s.title_vector @@ search_tsquery(q)
+          AND (type IS NULL OR s.kind = type)
+        ORDER BY rank DESC, s.popularity DESC, s.created_at DESC, s.id
+        LIMIT 2 * least(greatest(coalesce(lim, 20), 1), 100) - (SELECT count(*) FROM title_hits)
+    ),
+    ft AS (
+        SELECT * FROM title_hits UNION ALL SELECT * FROM body_hits
     ),
     fz AS (
         SELECT s.kind, s.id, word_similarity(search_fuzzy_text(q), s.search_text)::float8 AS sim
@@ -491,7 +589,8 @@ AS $$
         WHERE search_fuzzy_text(q) <% s.search_text
           AND (type IS NULL OR s.kind = type)
         ORDER BY sim DESC, s.popularity DESC, s.created_at DESC, s.id
-        LIMIT 2 * least(greatest(coalesce(lim, 20), 1), 100)
+        LIMIT CASE WHEN (SELECT count(*) FROM ft) < 2 * least(greatest(coalesce(lim, 20), 1), 100)
+                   THEN 2 * least(greatest(coalesce(lim, 20), 1), 100) ELSE 0 END
     ),
     merged AS (
         SELECT coalesce(ft.kind, fz.kind) AS kind,
@@ -509,6 +608,51 @@ AS $$
     JOIN mv_search_index s ON s.kind = m.kind AND s.id = m.id
     ORDER BY m.score DESC, s.popularity DESC, s.created_at DESC, s.id
     LIMIT least(greatest(coalesce(lim, 20), 1), 100)
+$$;
+
+-- ---------------------------------------------------------------------------
+-- Registry, dependencies, request triggers (0020's contract)
+-- ---------------------------------------------------------------------------
+-- Debounce / max wait (seconds): the forum is the most visible freshness, the
+-- search index the most expensive refresh (a full to_tsvector of every row:
+-- ~20 s at 500k projects on 2 cores), so it waits longer for writes to settle.
+-- Every max wait stays well under the health check's one minute.
+INSERT INTO mv_registry (view_name, debounce_seconds, max_wait_seconds, refresh_order, description) VALUES
+    ('mv_chain_posts', 5, 30, 300, 'chain forum posts with counts and hot score (guide Step 3.3)'),
+    ('mv_search_index', 15, 30, 310, 'one row per searchable thing, full-text and trigram indexed'),
+    ('mv_investors_directory', 30, 45, 320, 'investors with intro-request counts')
+ON CONFLICT (view_name) DO NOTHING;
+
+-- Dependencies: every table a view reads, except the four tables that feed
+-- only mv_search_index.popularity (project_upvotes, post_upvotes,
+-- chain_members, intro_requests for that view): votes are the most frequent
+-- writes, and re-running to_tsvector over the whole index for each burst of
+-- votes would keep one of two cores busy. popularity only breaks ties in
+-- search ranking, and any content write (projects, users, chains, posts,
+-- investors) refreshes it together with the rest. mv_chain_posts and
+-- mv_investors_directory depend on their count tables (their counts are shown).
+INSERT INTO mv_dependencies (view_name, table_name) VALUES
+    ('mv_chain_posts', 'chain_posts'),
+    ('mv_chain_posts', 'chains'),
+    ('mv_chain_posts', 'users'),
+    ('mv_chain_posts', 'post_upvotes'),
+    ('mv_chain_posts', 'post_comments'),
+    ('mv_search_index', 'users'),
+    ('mv_search_index', 'projects'),
+    ('mv_search_index', 'chains'),
+    ('mv_search_index', 'chain_posts'),
+    ('mv_search_index', 'investors'),
+    ('mv_investors_directory', 'investors'),
+    ('mv_investors_directory', 'users'),
+    ('mv_investors_directory', 'intro_requests')
+ON CONFLICT DO NOTHING;
+
+DO $$
+BEGIN
+    PERFORM mv_install_request_trigger(t)
+    FROM (SELECT DISTINCT table_name AS t FROM mv_dependencies
+          WHERE view_name IN ('mv_chain_posts', 'mv_search_index', 'mv_investors_directory')) d;
+END
 $$;
 
 -- Fresh statistics, so the first searches after the migration are planned on

@@ -66,6 +66,8 @@ BASE_TABLES = (
     "investors",
     "intro_requests",
 )
+# Phase 1's tables (the backfill rewrites them); analyzed after the load when present.
+DERIVED_TABLES = ("user_dashboard_stats", "message_conversations_denorm", "intro_request_stats")
 CHUNK_ROWS = 500_000
 # Multiplier of the rank -> row permutations; prime, so coprime with every table size below it.
 PERMUTATION_PRIME = 1_000_003
@@ -1052,6 +1054,17 @@ def _views_in_refresh_order(cur: psycopg2.extensions.cursor) -> list[str]:
     return [v for v in result if v in views]
 
 
+def _tables_referencing_base_tables(cur: psycopg2.extensions.cursor) -> list[str]:
+    """Other tables a TRUNCATE ... CASCADE of the base tables empties too (named in the output)."""
+    cur.execute(
+        "SELECT DISTINCT c.conrelid::regclass::text FROM pg_constraint c "
+        "WHERE c.contype = 'f' AND c.confrelid::regclass::text = ANY(%s) "
+        "AND NOT c.conrelid::regclass::text = ANY(%s) ORDER BY 1",
+        (list(BASE_TABLES), list(BASE_TABLES)),
+    )
+    return [r[0] for r in cur.fetchall()]
+
+
 def _table_exists(cur: psycopg2.extensions.cursor, name: str) -> bool:
     cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name,))
     return bool(cur.fetchone()[0])
@@ -1108,10 +1121,11 @@ def seed(
             cur.execute("SET LOCAL jit = off")
             report.triggers_disabled_by = _disable_triggers(cur, out)
             if force:
+                others = _tables_referencing_base_tables(cur)
                 cur.execute(sql.SQL("TRUNCATE {} CASCADE").format(
                     sql.SQL(", ").join(sql.Identifier(t) for t in BASE_TABLES)))
-                out("seed: --force: truncated the base tables (and tables referencing them)")
-            step = time.monotonic()
+                out("seed: --force: truncated the base tables"
+                    + (f" and, by CASCADE, {', '.join(others)}" if others else ""))
             indexes = _drop_rebuildable_indexes(cur)
             loader = _Loader(conn, plan, out)
             loader.create_helpers(pools)
@@ -1157,11 +1171,11 @@ def seed(
 
         conn.autocommit = True
         step = time.monotonic()
-        views = _views_in_refresh_order(cur)
-        for name in [*BASE_TABLES, *views]:
+        relations = [*BASE_TABLES, *[t for t in DERIVED_TABLES if _table_exists(cur, t)], *_views_in_refresh_order(cur)]
+        for name in relations:
             cur.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(name)))
         report.steps["vacuum analyze"] = time.monotonic() - step
-        out(f"vacuum analyze: {len(BASE_TABLES) + len(views)} relations in {report.steps['vacuum analyze']:.1f} s")
+        out(f"vacuum analyze: {len(relations)} relations in {report.steps['vacuum analyze']:.1f} s")
         cur.execute("SELECT pg_database_size(current_database())")
         report.database_bytes = cur.fetchone()[0]
 

@@ -193,7 +193,9 @@ BEGIN
     IF own IS NULL OR NOT pg_visible_in_snapshot(own, snap) THEN
         RETURN snap;
     END IF;
-    RETURN (pg_snapshot_xmin(snap)::text || ':' || pg_snapshot_xmax(snap)::text || ':'
+    -- Own id into the in-progress list (and xmin lowered to it if needed:
+    -- every id between it and the old xmin had finished, as before).
+    RETURN (least(pg_snapshot_xmin(snap), own)::text || ':' || pg_snapshot_xmax(snap)::text || ':'
             || coalesce((SELECT string_agg(x::text, ',' ORDER BY x::text::numeric)
                          FROM (SELECT pg_snapshot_xip(snap) AS x UNION ALL SELECT own) xs), ''))::pg_snapshot;
 END $$;
@@ -378,7 +380,15 @@ DECLARE
     v_populated boolean;
 BEGIN
     PERFORM mv_check_registered(p_view);
-    v_fence := coalesce(p_fence, nextval('mv_refresh_fence_seq'));
+    IF p_fence IS NULL THEN
+        -- Without a caller's token: wait for the registry row lock first and
+        -- only then take a token, so a refresh that queued behind another one
+        -- is not refused as superseded by it.
+        PERFORM 1 FROM mv_registry r WHERE r.view_name = p_view FOR UPDATE;
+        v_fence := nextval('mv_refresh_fence_seq');
+    ELSE
+        v_fence := p_fence;
+    END IF;
     IF v_log_id IS NULL THEN
         INSERT INTO mv_refresh_log (view_name, status, source, backend_pid, backend_start)
         VALUES (p_view, 'in_progress', 'sql', pg_backend_pid(),

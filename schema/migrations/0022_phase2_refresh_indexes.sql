@@ -1,0 +1,11 @@
+-- migrate: no-transaction
+-- Phase 2, part 3: base-table indexes that the materialized views' refreshes
+-- read, built CONCURRENTLY (writes go on while they build).
+--   psql -f schema/migrations/0022_phase2_refresh_indexes.sql
+--
+-- Live comments per project. The views count comments WHERE NOT is_deleted
+-- grouped by project; with this partial index the count is an index-only
+-- scan in project order (2M comments: ~0.1 s) instead of a hash aggregate
+-- over the heap plus a sort (~1 s), measured at bench scale. Upvotes need no
+-- new index: idx_project_upvotes_project (0000) already serves their count.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_project_comments_live_project ON project_comments (project_id) WHERE NOT is_deleted;

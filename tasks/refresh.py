@@ -108,7 +108,11 @@ def sweep_refresh_queue() -> dict[str, Any]:
     return refresh_engine.sweep_refresh_queue(deps, enqueue).as_dict()
 
 
-@app.task(name=REQUEST_REFRESH, soft_time_limit=30, time_limit=60)
+# Retried when a running refresh holds the view's registry row past the lock
+# timeout: the request must not be lost, and must not hold a worker meanwhile.
+@app.task(name=REQUEST_REFRESH, soft_time_limit=30, time_limit=60, throws=(UnknownView,),
+          autoretry_for=(sa.exc.OperationalError,), retry_backoff=1, retry_backoff_max=30, retry_jitter=True,
+          max_retries=20)
 def request_refresh(view_name: str) -> dict[str, Any]:
-    """Debounced refresh request: one request row; the sweep refreshes when due."""
+    """Debounced refresh request: the sweep refreshes the view once it is due."""
     return refresh_engine.request_refresh(worker_deps(), view_name)

@@ -150,13 +150,16 @@ def lookup_view(engine: Engine, view_name: object) -> bool:
 
 
 def request_refresh(deps: Deps, view_name: str) -> dict[str, Any]:
-    """Ask for a debounced refresh: insert a request row, as a write's trigger would.
+    """Ask for a debounced refresh of one view (``mv_request_refresh``).
 
-    No refresh runs here; the sweep enqueues one once the view is due.
+    No refresh runs here; the sweep enqueues one once the view is due. Raises
+    sqlalchemy's OperationalError (lock timeout) if a running refresh of the
+    view holds its registry row for more than a moment; the task retries.
     """
     lookup_view(deps.engine, view_name)
     with deps.engine.begin() as conn:
-        conn.execute(_q("insert_request"), {"view": view_name})
+        conn.execute(_q("request_lock_timeout"))
+        conn.execute(_q("request_refresh"), {"view": view_name})
     return {"view_name": view_name, "requested": True}
 
 
@@ -255,7 +258,9 @@ def run_refresh(
             marker_cleared = True
         finally:
             lock.release()  # compare-and-delete; a no-op when Redis was down at acquire
-            result.lock_released_at = time.time()
+            # Stamped just before the key was deleted: the next holder's
+            # acquisition is certainly later than this.
+            result.lock_released_at = lock.released_at
         return result
     finally:
         if not marker_cleared:

@@ -11,9 +11,15 @@ SELECT view_name, enabled FROM mv_registry WHERE view_name = :view;
 -- name: registered_views
 SELECT view_name FROM mv_registry ORDER BY refresh_order, view_name;
 
--- name: insert_request
--- A debounced refresh request: the same kind of row the base-table triggers write.
-INSERT INTO mv_refresh_requests (view_name) VALUES (:view);
+-- name: request_lock_timeout
+-- mv_request_refresh() updates the view's registry row, which a running
+-- refresh holds locked until it commits: give up after a moment (the task
+-- retries) instead of holding a worker slot for a whole refresh.
+SELECT set_config('lock_timeout', '2s', true);
+
+-- name: request_refresh
+-- A debounced refresh request for one view (no write to its tables needed).
+SELECT mv_request_refresh(:view);
 
 -- name: try_advisory_lock
 -- Session-level, taken without waiting. The second gate after the Redis lock

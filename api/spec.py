@@ -34,9 +34,21 @@ TOKEN_HINT = "python -m api token --user NAME"
 
 # -- cleaning of text input -------------------------------------------------------
 
-# "Contains a character that is neither whitespace nor NUL": the documented
-# pattern of required text, so the schema says what the cleaning below accepts.
-NOT_BLANK = r"[^\s\x00]"
+
+def _not_blank_pattern() -> str:
+    """A regex class for "a character that is neither whitespace nor NUL".
+
+    Spelled out with the exact characters ``str.strip()`` removes (Python's
+    ``isspace``) as u-escapes, not with the backslash-s class: that class means
+    a different set in the ECMA-262 regexes of JSON Schema (it lacks U+0085 and
+    U+001C..U+001F, and has U+FEFF), and the document must say exactly what the
+    cleaning below accepts.
+    """
+    spaces = "".join(f"\\u{ord(c):04x}" for c in map(chr, range(0x10000)) if c.isspace())
+    return f"[^{spaces}\\u0000]"
+
+
+NOT_BLANK = _not_blank_pattern()
 
 
 def _cleaner(max_chars: int) -> BeforeValidator:
@@ -81,7 +93,7 @@ SearchText = _required_text(SEARCH_MAX_CHARS)
 Title = _required_text(200)
 Description = _text(10_000)
 Tag = _required_text(40)
-Url = Annotated[str, Field(max_length=500, pattern=r"^https?://[^\s\x00]+$"), _cleaner(500)]
+Url = Annotated[str, Field(max_length=500, pattern=f"^https?://{NOT_BLANK}+$"), _cleaner(500)]
 CommentBody = _required_text(5_000)
 
 

@@ -1065,6 +1065,24 @@ def _views_in_refresh_order(cur: psycopg2.extensions.cursor) -> list[str]:
     return [v for v in result if v in views]
 
 
+def _log_refreshes(cur: psycopg2.extensions.cursor, refreshed: list[tuple[str, datetime, datetime]]) -> None:
+    """One completed mv_refresh_log row per view refreshed here.
+
+    The log is how the rest of the system knows a view's contents changed: the
+    API keys its response cache on the last completed row ("generation") and
+    health reads the last refresh time. A plain REFRESH writes no row itself.
+    """
+    for view, began, ended in refreshed:
+        cur.execute(
+            sql.SQL(
+                "INSERT INTO mv_refresh_log (view_name, refresh_started_at, refresh_completed_at, duration_ms, "
+                "status, requests_cleared, rows_in_view, source, worker) "
+                "SELECT %s, %s, %s, %s, 'completed', 0, count(*), 'manual', 'seed' FROM {}"
+            ).format(sql.Identifier(view)),
+            (view, began, ended, round((ended - began).total_seconds() * 1000)),
+        )
+
+
 def _tables_referencing_base_tables(cur: psycopg2.extensions.cursor) -> list[str]:
     """Other tables a TRUNCATE ... CASCADE of the base tables empties too (named in the output)."""
     cur.execute(
@@ -1164,15 +1182,22 @@ def seed(
                 report.steps["backfill"] = time.monotonic() - step
                 out(f"backfill: done in {report.steps['backfill']:.1f} s")
 
+            refreshed = []
             for view in _views_in_refresh_order(cur):
                 step = time.monotonic()
+                cur.execute("SELECT clock_timestamp()")
+                began = cur.fetchone()[0]
                 cur.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(sql.Identifier(view)))
+                cur.execute("SELECT clock_timestamp()")
+                refreshed.append((view, began, cur.fetchone()[0]))
                 report.steps[f"refresh {view}"] = time.monotonic() - step
                 out(f"refresh {view}: {report.steps[f'refresh {view}']:.1f} s")
 
             # The load fired no request triggers; this clears requests from before a --force.
             if _table_exists(cur, "mv_refresh_requests"):
                 cur.execute("DELETE FROM mv_refresh_requests")
+            if _table_exists(cur, "mv_refresh_log"):
+                _log_refreshes(cur, refreshed)
             if report.triggers_disabled_by != "session_replication_role":
                 for table in BASE_TABLES:
                     cur.execute(sql.SQL("ALTER TABLE {} ENABLE TRIGGER USER").format(sql.Identifier(table)))

@@ -255,6 +255,18 @@ def test_nothing_is_pending_after_seed(demo_database_url: str) -> None:
         assert scalar(demo_database_url, "SELECT count(*) FROM mv_refresh_queue WHERE status = 'pending'") == 0
 
 
+def test_seed_refreshes_are_logged_so_caches_see_new_contents(demo_database_url: str) -> None:
+    """The API keys its response cache on the last completed mv_refresh_log row of a view."""
+    if not has_relation(demo_database_url, "mv_refresh_log"):
+        pytest.skip("mv_refresh_log not migrated yet")
+    logged = dict(rows(demo_database_url, "SELECT view_name, rows_in_view FROM mv_refresh_log "
+                                          "WHERE status = 'completed' AND worker = 'seed'"))
+    views = {r[0] for r in rows(demo_database_url, "SELECT matviewname FROM pg_matviews WHERE schemaname = 'public'")}
+    assert set(logged) == views
+    for view, count in logged.items():
+        assert scalar(demo_database_url, f"SELECT count(*) FROM {view}") == count, view
+
+
 def test_denormalized_tables_equal_the_truth(demo_database_url: str) -> None:
     """Phase 1's own truth queries (schema/queries/phase1_truth.sql) against what is stored, in one snapshot."""
     if not has_relation(demo_database_url, "user_dashboard_stats"):

@@ -405,9 +405,28 @@ class MeListMeta(MeMeta):
     next_cursor: str | None = None
 
 
+class IntroCounts(BaseModel):
+    requests_sent: int
+    sent_pending: int
+    sent_accepted: int
+    sent_declined: int
+    requests_received: int = Field(description="as an investor")
+    received_pending: int
+    received_accepted: int
+    received_declined: int
+
+
 class Dashboard(BaseModel):
-    model_config = ConfigDict(extra="allow")  # PLACEHOLDER until 0010 lands
     user_id: uuid.UUID
+    username: str
+    name: str
+    project_count: int
+    active_projects: int
+    total_upvotes_received: int
+    total_comments_received: int
+    chains_joined: int
+    last_updated_at: dt.datetime | None
+    intro_requests: IntroCounts
 
 
 class DashboardResponse(BaseModel):
@@ -416,8 +435,16 @@ class DashboardResponse(BaseModel):
 
 
 class Conversation(BaseModel):
-    model_config = ConfigDict(extra="allow")  # PLACEHOLDER until 0010 lands
     conversation_id: uuid.UUID
+    other_user_id: uuid.UUID
+    other_username: str | None
+    other_name: str | None
+    message_count: int
+    unread_count: int
+    last_message_id: uuid.UUID | None
+    last_message_at: dt.datetime | None
+    last_message_sender_id: uuid.UUID | None
+    last_message_preview: str | None
 
 
 class ConversationsResponse(BaseModel):
@@ -425,9 +452,9 @@ class ConversationsResponse(BaseModel):
     meta: MeListMeta
 
 
-class IntroStats(BaseModel):
-    model_config = ConfigDict(extra="allow")  # PLACEHOLDER until 0010 lands
+class IntroStats(IntroCounts):
     user_id: uuid.UUID
+    last_updated_at: dt.datetime | None
 
 
 class IntroStatsResponse(BaseModel):

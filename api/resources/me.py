@@ -1,8 +1,8 @@
 """The signed-in user's own pages, from the phase 1 trigger-kept tables.
 
-These tables are exact at commit time (row triggers in the writing
-transaction), so there is no view to be stale: meta.as_of is the moment of
-the read and X-Data-Age is 0.
+Read through their ``*_live`` views (main row + pending delta rows), which are
+exact in one snapshot (0010's header), so there is no view to be stale:
+meta.as_of is the moment of the read and X-Data-Age is 0.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ from api.spec import (
 )
 from schema.db import queries
 
+INTRO_FIELDS = ("requests_sent", "sent_pending", "sent_accepted", "sent_declined",
+                "requests_received", "received_pending", "received_accepted", "received_declined")
+
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -45,14 +48,17 @@ class DashboardResource(_MeResource):
 
     @api_spec.validate(resp=responses(DashboardResponse, 404), tags=["me"], security=AUTH)
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """The signed-in user's row of user_dashboard_stats plus their intro_request_stats."""
+        """The signed-in user's user_dashboard_stats plus their intro_request_stats (exact, live)."""
         db = req.context.db
         rows = rows_of(db.execute(self._q["dashboard"], {"user_id": req.context.user.user_id}))
         db.end_read()
         if not rows:
             raise not_found("no dashboard for this user (unknown or deleted user)")
+        row = rows[0]
+        intros = {k: row.pop(k) or 0 for k in INTRO_FIELDS}  # no intro row yet: zeros
+        row["intro_requests"] = intros
         resp.set_header("X-Data-Age", "0")
-        send(resp, {"data": rows[0], "meta": {"source": "user_dashboard_stats", "as_of": _now()}})
+        send(resp, {"data": row, "meta": {"source": "user_dashboard_stats_live", "as_of": _now()}})
 
 
 class ConversationsResource(_MeResource):
@@ -60,7 +66,7 @@ class ConversationsResource(_MeResource):
 
     @api_spec.validate(query=PageQuery, resp=responses(ConversationsResponse), tags=["me"], security=AUTH)
     def on_get(self, req: falcon.Request, resp: falcon.Response, query: PageQuery) -> None:
-        """The signed-in user's conversations (message_conversations_denorm), latest message first."""
+        """The signed-in user's own conversations (message_conversations_denorm), latest message first."""
         after = decode_cursor("conversations", query.cursor)
         limit = query.limit
         db = req.context.db
@@ -73,7 +79,7 @@ class ConversationsResource(_MeResource):
         for r in rows:
             r.pop("sort_at", None)
         resp.set_header("X-Data-Age", "0")
-        send(resp, {"data": rows, "meta": {"source": "message_conversations_denorm", "as_of": _now(),
+        send(resp, {"data": rows, "meta": {"source": "user_conversations_live", "as_of": _now(),
                                            "count": len(rows), "limit": limit, "next_cursor": next_cursor}})
 
 
@@ -89,4 +95,4 @@ class IntroStatsResource(_MeResource):
         if not rows:
             raise not_found("no intro stats for this user (unknown or deleted user)")
         resp.set_header("X-Data-Age", "0")
-        send(resp, {"data": rows[0], "meta": {"source": "intro_request_stats", "as_of": _now()}})
+        send(resp, {"data": rows[0], "meta": {"source": "intro_request_stats_live", "as_of": _now()}})

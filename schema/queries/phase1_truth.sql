@@ -58,11 +58,10 @@ FROM intro_request_stats_live
 WHERE user_id = ANY (CAST(:ids AS uuid[]))
 ORDER BY user_id;
 
--- Key batches for a full pass, in key order: :after is the last key of the
--- previous batch (use '00000000-0000-0000-0000-000000000000' to start).
--- Keys come from the base tables, so a missing row shows up as a difference.
-
 -- name: user_ids_batch
+-- Key batches for a full pass, in key order; "after" is the last key of the
+-- previous batch (the nil uuid 00000000-0000-0000-0000-000000000000 to start).
+-- Keys come from the base tables, so a missing row shows up as a difference.
 SELECT id FROM users WHERE id > CAST(:after AS uuid) ORDER BY id LIMIT :lim;
 
 -- name: conversation_ids_batch

@@ -190,6 +190,16 @@ AUDIENCES = [
     "researchers", "gamers", "nonprofits", "startups", "city councils", "musicians", "logistics teams",
     "data scientists", "landlords", "teachers", "remote teams", "investors",
 ]
+# Product names ("Nexflow", "Lumforge"): 31 x 30 of them, so titles are not all alike to trigram search.
+BRAND_STARTS = [
+    "Lu", "Ze", "Ka", "No", "Vi", "Ara", "Bel", "Cor", "Dra", "Eno", "Fi", "Gal", "Hex", "Io", "Jun", "Kyr",
+    "Lum", "Mor", "Nex", "Oro", "Pix", "Qua", "Rho", "Sol", "Tri", "Ul", "Vor", "Wyn", "Xe", "Yo", "Zan",
+]
+BRAND_ENDS = [
+    "ra", "vix", "mo", "lio", "tic", "nova", "bit", "dex", "flow", "grid", "ly", "mint", "nest", "pulse", "quill",
+    "rift", "sync", "tide", "verse", "wave", "zen", "kit", "loop", "base", "forge", "hive", "link", "spark",
+    "stack", "works",
+]
 GROUPS = ["Builders", "Guild", "Collective", "Club", "Lab", "Circle", "Hackers", "Founders", "DAO", "Society"]
 FIRM_WORDS = ["Ventures", "Capital", "Partners", "Fund", "Labs", "Angels", "Growth", "Seed"]
 INVESTOR_TITLES = ["Partner", "Principal", "Associate", "Angel", "Managing Partner", "Scout"]
@@ -320,6 +330,8 @@ def text_pools(seed: int) -> dict[str, list[str]]:
         "title": INVESTOR_TITLES,
         "location": LOCATIONS,
         "stage": STAGES,
+        "brand_start": BRAND_STARTS,
+        "brand_end": BRAND_ENDS,
         # Sentence pools stay small: Postgres walks a text[] to reach element i.
         "sentence": _pool(DESCRIPTION_TEMPLATES, 240, seed, "desc"),
         "comment": _pool(COMMENT_TEMPLATES, 120, seed, "comment"),
@@ -598,7 +610,10 @@ SELECT pg_temp.id_projects(j), pg_temp.id_users(pg_temp.project_owner(j)),
        pg_temp.u01(j, 309) < 0.02,
        pg_temp.at(pg_temp.project_ago(j)),
        pg_temp.at(pg_temp.project_ago(j) * (1.0 - pg_temp.u01(j, 310) ^ 4))
-FROM (SELECT j, dom, pg_temp.w_adjective(j, 311) || ' ' || dom || ' ' || pg_temp.w_noun(j, 312) AS title,
+FROM (SELECT j, dom,
+             CASE WHEN pg_temp.u01(j, 314) < 0.7
+                  THEN pg_temp.w_brand_start(j, 315) || pg_temp.w_brand_end(j, 316) || ': ' ELSE '' END
+             || pg_temp.w_adjective(j, 311) || ' ' || dom || ' ' || pg_temp.w_noun(j, 312) AS title,
              (%(domains)s::text[])[1 + mod(array_position(%(domains)s::text[], dom) + pg_temp.hint(j, 313, %(n_domains)s - 1),
                                           %(n_domains)s)] AS dom2
       FROM (SELECT j, pg_temp.w_domain(j, 302) AS dom

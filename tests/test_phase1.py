@@ -548,6 +548,73 @@ def test_busy_conversation_delta_carries_the_last_message(db: str, cur) -> None:
     assert_exact(cur)
 
 
+def _in_thread(fn: Callable[[], None]) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # reported by the caller
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, errors
+
+
+def _wait_until_blocked_or_done(cur: psycopg2.extensions.cursor, db_name: str, t: threading.Thread) -> None:
+    """Let the second transaction run until it waits on a lock (or finishes without waiting).
+
+    The tests check the outcome, not the waiting: a version that does not wait
+    finishes here and then shows the wrong counts."""
+    end = time.monotonic() + 10
+    while time.monotonic() < end and t.is_alive():
+        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'",
+                    (db_name,))
+        if cur.fetchone()[0] > 0:
+            return
+        time.sleep(0.02)
+
+
+def test_soft_delete_of_a_project_waits_for_an_in_flight_upvote_on_it(db: str, cur) -> None:
+    """Without the project status lock the soft delete would count its upvotes without
+    the in-flight one, whose +1 then stays on the owner: off by one."""
+    d = Data(cur)
+    owner, fan, fan2 = d.user(), d.user(), d.user()
+    p = d.project(owner)
+    d.upvote(fan2, p)
+    with raw_connection(db) as a, raw_connection(db, autocommit=True) as b, a.cursor() as ca, b.cursor() as cb:
+        ca.execute("INSERT INTO project_upvotes (user_id, project_id) VALUES (%s, %s)", (fan, p))
+        t, errors = _in_thread(lambda: cb.execute("UPDATE projects SET is_deleted = true WHERE id = %s", (p,)))
+        _wait_until_blocked_or_done(cur, sa.engine.make_url(db).database, t)
+        a.commit()
+        t.join(30)
+    assert errors == []
+    assert dashboard(cur, owner)["upvotes"] == 0
+    assert_exact(cur)
+
+
+def test_deleting_the_two_latest_messages_concurrently_leaves_the_right_last_message(db: str, cur) -> None:
+    """A rebuild (deleting the latest message) and a second delete of the one before it:
+    the second must wait and see the rebuilt last message, or the row keeps a deleted one."""
+    d = Data(cur)
+    u1, u2 = d.user(), d.user()
+    conv = d.conversation(u1, u2)
+    m0 = d.message(conv, u1, "zero", at="2024-01-01T09:00:00Z")
+    m1 = d.message(conv, u1, "one", at="2024-01-01T10:00:00Z")
+    m2 = d.message(conv, u2, "two", at="2024-01-01T11:00:00Z")
+    with raw_connection(db) as a, raw_connection(db, autocommit=True) as b, a.cursor() as ca, b.cursor() as cb:
+        ca.execute("UPDATE messages SET is_deleted = true WHERE id = %s", (m2,))  # rebuild: last -> m1 (uncommitted)
+        t, errors = _in_thread(lambda: cb.execute("UPDATE messages SET is_deleted = true WHERE id = %s", (m1,)))
+        _wait_until_blocked_or_done(cur, sa.engine.make_url(db).database, t)
+        a.commit()
+        t.join(30)
+    assert errors == []
+    assert one(cur, "SELECT last_message_id FROM message_conversations_denorm_live WHERE conversation_id = %s",
+               (conv,)) == m0
+    assert_exact(cur)
+
+
 def test_rebuild_repairs_drift_and_drops_deltas(cur) -> None:
     d = Data(cur)
     u = d.user()
@@ -795,7 +862,8 @@ def test_concurrent_writers_on_hot_and_spread_rows_stay_exact(db: str, cur) -> N
     stop.set()
     for t in threads:
         t.join(timeout=60)
-    assert errors == []
+    assert errors == [], errors
+    print("concurrency run:", counts)
     assert counts["ops"] > 200, counts
     assert counts["checks"] >= 3, counts
     # Contention really happened: some writes went to deltas (folded or still pending).

@@ -401,9 +401,12 @@ def test_seed_without_superuser_disables_triggers_per_table(admin_url: str, crea
         cur.execute(f'ALTER DATABASE "{db_name(url)}" OWNER TO {role}')
         cur.execute(f"ALTER SCHEMA public OWNER TO {role}")
     role_url = sa.engine.make_url(url).set(username=role, password=None).render_as_string(hide_password=False)
-    from schema.migrate import migrate
+    from schema.migrate import MigrationError, migrate
 
-    result = migrate(role_url, out=quiet)
+    try:
+        result = migrate(role_url, out=quiet)
+    except MigrationError as exc:
+        pytest.skip(f"migrations failed as a non-superuser: {exc}")
     if not result.ok:
         pytest.skip(f"migrations need a superuser: {result.failed_statements[:1]}")
     lines: list[str] = []

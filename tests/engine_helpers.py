@@ -317,6 +317,8 @@ def engine_cluster(engine_database_url: str, redis_url: str, tmp_path_factory: p
         raise
     finally:
         cluster.stop_all()
+        # Leave no queued messages, locks or markers for later modules' workers.
+        client.flushdb()
         engine.dispose()
         client.close()
         app.close()

@@ -90,5 +90,6 @@ def test_worker_consumes_refreshes_over_amqp(engine_database_url: str, redis_url
         raise
     finally:
         worker.stop()
+        redis_lib.Redis.from_url(redis_url).flushdb()
         engine.dispose()
         app.close()

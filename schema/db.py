@@ -124,7 +124,10 @@ def load_queries(path: Path) -> dict[str, sa.TextClause]:
     parts = _NAME_RE.split(text)
     queries: dict[str, sa.TextClause] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        sql = body.strip().rstrip(";").strip()
+        # Whole-line comments are documentation; dropping them keeps a `:word`
+        # inside a comment from being read as a bind parameter by text().
+        code = "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("--"))
+        sql = code.strip().rstrip(";").strip()
         if name in queries:
             raise ValueError(f"{path.name}: query {name!r} defined twice")
         queries[name] = sa.text(sql)

@@ -36,13 +36,14 @@ BEGIN;
 
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
 
--- First 160 characters of a body, whitespace collapsed. Clipped before the
--- regex so the cost per row does not grow with the body (the regex over whole
--- descriptions was 1.7 s of a 500k-project refresh).
+-- First 160 characters of a body with line breaks and tabs turned into spaces,
+-- for result snippets and forum excerpts. translate() on a clipped prefix, not
+-- a regex over the whole body: regexp_replace cost 13 us a row, 6 s of a
+-- 500k-project refresh.
 CREATE OR REPLACE FUNCTION search_snippet(body text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT left(btrim(regexp_replace(left(body, 320), '\s+', ' ', 'g')), 160)
+    SELECT btrim(translate(left(body, 160), E'\n\r\t', '   '))
 $$;
 
 -- ---------------------------------------------------------------------------
@@ -53,7 +54,8 @@ $$;
 --   id             the row's id in its base table (users.id for builders)
 --   title          what a result shows as its heading
 --   subtitle       one line of context: "by <author>", the chain of a post, the firm
---   snippet        search_snippet() of the body/description/bio
+--   body           the full body text: description, bio, post body, investor title + bio
+--                  (search functions return search_snippet(body) as the snippet)
 --   url_path       a client route for the result (not an API path)
 --   parent_id      project: author user id; post: chain id; investor: user id; else NULL
 --   popularity     ranking tiebreaker only: upvotes (project, post), live projects (builder),
@@ -62,46 +64,36 @@ $$;
 --                  member and intro tables are deliberately not dependencies ("Dependencies"
 --                  at the end).
 --   created_at     the base row's created_at
---   title_vector   A title/name, B tags/slug/username/firm/focus areas: the first search tier
---   search_vector  title_vector plus C body/description/bio: everything full text matches
+--   title_vector   weight A title/name, B tags/slug/username/firm/focus areas/stages/location
 --   search_text    lowercased title + key names, for trigram matching (kept short on purpose:
 --                  word similarity is measured against it, and long texts make every
 --                  trigram common)
--- The title part of the vectors is computed once per row (LATERAL ... OFFSET 0
--- keeps the planner from inlining it into both columns): to_tsvector is most of
--- the refresh cost.
+-- The whole-document vector (title_vector || body at weight C) is NOT a column:
+-- it is the expression of the GIN index mv_search_index_document. Why: a
+-- materialized view recomputes every row on every refresh, and to_tsvector of
+-- the bodies was most of that (measured at bench scale, 500k projects + 200k
+-- posts: 48.8 s for the refresh with a stored whole-document vector;
+-- to_tsvector(description) alone 19 us a row). As an index expression it is
+-- computed only for the rows a REFRESH ... CONCURRENTLY actually inserts, i.e.
+-- the rows whose data changed. Queries write the same expression, so they use
+-- the index, and no query recomputes it for ranking (ranking reads the stored
+-- title_vector; see search_content).
 CREATE MATERIALIZED VIEW IF NOT EXISTS mv_search_index AS
-WITH live_users AS (
-    SELECT id, username, name, role, bio, created_at FROM users WHERE NOT is_deleted
-),
-builder_stats AS (
-    SELECT p.user_id, count(*) AS live_projects
-    FROM projects p
-    WHERE NOT p.is_deleted
-    GROUP BY p.user_id
-)
--- Counts are correlated subqueries on purpose: an index-only probe per row
--- (the FK indexes of 0000) instead of a join that sorted every wide project
--- row (description included) to merge it with the vote counts.
 SELECT 'project'::text AS kind,
        p.id,
        p.title,
        'by ' || u.name AS subtitle,
-       search_snippet(p.description) AS snippet,
+       p.description AS body,
        '/projects/' || p.id AS url_path,
        p.user_id AS parent_id,
-       (SELECT count(*) FROM project_upvotes v WHERE v.project_id = p.id) AS popularity,
+       coalesce(v.n, 0)::bigint AS popularity,
        p.created_at,
-       t.title_vector,
-       t.title_vector || setweight(to_tsvector('english', p.description), 'C') AS search_vector,
+       setweight(to_tsvector('english', p.title), 'A')
+         || setweight(to_tsvector('english', array_to_string(p.tags, ' ')), 'B') AS title_vector,
        lower(left(p.title || ' ' || array_to_string(p.tags, ' '), 300)) AS search_text
 FROM projects p
-JOIN live_users u ON u.id = p.user_id
-CROSS JOIN LATERAL (
-    SELECT setweight(to_tsvector('english', p.title), 'A')
-           || setweight(to_tsvector('english', array_to_string(p.tags, ' ')), 'B') AS title_vector
-    OFFSET 0
-) t
+JOIN users u ON u.id = p.user_id AND NOT u.is_deleted
+LEFT JOIN (SELECT project_id, count(*) AS n FROM project_upvotes GROUP BY project_id) v ON v.project_id = p.id
 WHERE NOT p.is_deleted
 
 UNION ALL
@@ -110,22 +102,16 @@ SELECT 'builder',
        u.id,
        u.name,
        '@' || u.username,
-       search_snippet(u.bio),
+       u.bio,
        '/builders/' || u.username,
        NULL::uuid,
-       coalesce(b.live_projects, 0)::bigint,
+       coalesce(b.n, 0)::bigint,
        u.created_at,
-       t.title_vector,
-       t.title_vector || setweight(to_tsvector('english', u.bio), 'C'),
+       setweight(to_tsvector('english', u.name), 'A') || setweight(to_tsvector('english', u.username), 'B'),
        lower(left(u.name || ' ' || u.username, 300))
-FROM live_users u
-CROSS JOIN LATERAL (
-    SELECT setweight(to_tsvector('english', u.name), 'A')
-           || setweight(to_tsvector('english', u.username), 'B') AS title_vector
-    OFFSET 0
-) t
-LEFT JOIN builder_stats b ON b.user_id = u.id
-WHERE u.role = 'builder' OR b.user_id IS NOT NULL
+FROM users u
+LEFT JOIN (SELECT user_id, count(*) AS n FROM projects WHERE NOT is_deleted GROUP BY user_id) b ON b.user_id = u.id
+WHERE NOT u.is_deleted AND (u.role = 'builder' OR b.user_id IS NOT NULL)
 
 UNION ALL
 
@@ -133,20 +119,16 @@ SELECT 'chain',
        c.id,
        c.name,
        '/' || c.slug,
-       search_snippet(c.description),
+       c.description,
        '/chains/' || c.slug,
        NULL::uuid,
-       (SELECT count(*) FROM chain_members m WHERE m.chain_id = c.id),
+       coalesce(m.n, 0)::bigint,
        c.created_at,
-       t.title_vector,
-       t.title_vector || setweight(to_tsvector('english', c.description), 'C'),
+       setweight(to_tsvector('english', c.name), 'A')
+         || setweight(to_tsvector('english', replace(c.slug, '-', ' ')), 'B'),
        lower(left(c.name || ' ' || c.slug, 300))
 FROM chains c
-CROSS JOIN LATERAL (
-    SELECT setweight(to_tsvector('english', c.name), 'A')
-           || setweight(to_tsvector('english', replace(c.slug, '-', ' ')), 'B') AS title_vector
-    OFFSET 0
-) t
+LEFT JOIN (SELECT chain_id, count(*) AS n FROM chain_members GROUP BY chain_id) m ON m.chain_id = c.id
 WHERE NOT c.is_deleted
 
 UNION ALL
@@ -155,21 +137,17 @@ SELECT 'post',
        cp.id,
        cp.title,
        'in ' || c.name,
-       search_snippet(cp.body),
+       cp.body,
        '/chains/' || c.slug || '/posts/' || cp.id,
        cp.chain_id,
-       (SELECT count(*) FROM post_upvotes v WHERE v.post_id = cp.id),
+       coalesce(v.n, 0)::bigint,
        cp.created_at,
-       t.title_vector,
-       t.title_vector || setweight(to_tsvector('english', cp.body), 'C'),
+       setweight(to_tsvector('english', cp.title), 'A'),
        lower(left(cp.title, 300))
 FROM chain_posts cp
 JOIN chains c ON c.id = cp.chain_id AND NOT c.is_deleted
-JOIN live_users u ON u.id = cp.user_id
-CROSS JOIN LATERAL (
-    SELECT setweight(to_tsvector('english', cp.title), 'A') AS title_vector
-    OFFSET 0
-) t
+JOIN users u ON u.id = cp.user_id AND NOT u.is_deleted
+LEFT JOIN (SELECT post_id, count(*) AS n FROM post_upvotes GROUP BY post_id) v ON v.post_id = cp.id
 WHERE NOT cp.is_deleted
 
 UNION ALL
@@ -178,39 +156,38 @@ SELECT 'investor',
        i.id,
        u.name,
        i.firm_name,
-       search_snippet(i.bio),
+       i.title || ' ' || i.bio,
        '/investors/' || i.id,
        i.user_id,
-       (SELECT count(*) FROM intro_requests r
-        WHERE r.investor_id = i.id AND NOT r.is_deleted AND r.status <> 'withdrawn'),
+       coalesce(r.n, 0)::bigint,
        i.created_at,
-       t.title_vector,
-       t.title_vector || setweight(to_tsvector('english', i.title || ' ' || i.bio), 'C'),
+       setweight(to_tsvector('english', u.name), 'A')
+         || setweight(to_tsvector('english', i.firm_name || ' ' || u.username || ' '
+                                             || array_to_string(i.focus_areas || i.stages, ' ')
+                                             || ' ' || i.location), 'B'),
        lower(left(u.name || ' ' || i.firm_name, 300))
 FROM investors i
-JOIN live_users u ON u.id = i.user_id
-CROSS JOIN LATERAL (
-    SELECT setweight(to_tsvector('english', u.name), 'A')
-           || setweight(to_tsvector('english', i.firm_name || ' ' || u.username || ' '
-                                               || array_to_string(i.focus_areas || i.stages, ' ')
-                                               || ' ' || i.location), 'B') AS title_vector
-    OFFSET 0
-) t
+JOIN users u ON u.id = i.user_id AND NOT u.is_deleted
+LEFT JOIN (SELECT investor_id, count(*) AS n FROM intro_requests
+           WHERE NOT is_deleted AND status <> 'withdrawn' GROUP BY investor_id) r ON r.investor_id = i.id
 WHERE NOT i.is_deleted
 WITH DATA;
 
 -- CONCURRENTLY needs a unique index on plain columns without WHERE.
 CREATE UNIQUE INDEX IF NOT EXISTS mv_search_index_kind_id ON mv_search_index (kind, id);
--- fastupdate = off: REFRESH ... CONCURRENTLY writes changed rows as inserts, and
--- with the default fastupdate those go to the GIN pending list, which every
--- search then scans linearly until a vacuum merges it (a manual ANALYZE does
--- not). Observed: 5,000 rows inserted by a refresh left the planner preferring
--- a sequential scan (GIN cost inflated by the pending list). Writing straight
--- into the GIN tree makes the refresh do a little more work and keeps every
--- search on the index.
-CREATE INDEX IF NOT EXISTS mv_search_index_vector ON mv_search_index USING gin (search_vector)
-    WITH (fastupdate = off);
+-- fastupdate = off on every GIN index here: REFRESH ... CONCURRENTLY writes
+-- changed rows as inserts, and with the default fastupdate those go to the GIN
+-- pending list, which every search then scans linearly until a vacuum merges it
+-- (a manual ANALYZE does not). Observed: 5,000 rows inserted by a refresh left
+-- the planner preferring a sequential scan (GIN cost inflated by the pending
+-- list). Writing straight into the GIN tree makes the refresh do a little more
+-- work and keeps every search on the index.
 CREATE INDEX IF NOT EXISTS mv_search_index_title_vector ON mv_search_index USING gin (title_vector)
+    WITH (fastupdate = off);
+-- The whole document: title and names (A, B) and the body (C). Search functions
+-- repeat this expression verbatim so the planner matches it to the index.
+CREATE INDEX IF NOT EXISTS mv_search_index_document ON mv_search_index
+    USING gin ((title_vector || setweight(to_tsvector('english', body), 'C')))
     WITH (fastupdate = off);
 CREATE INDEX IF NOT EXISTS mv_search_index_trgm ON mv_search_index USING gin (search_text gin_trgm_ops)
     WITH (fastupdate = off);
@@ -383,6 +360,20 @@ BEGIN
 END
 $$;
 
+-- Raw user text -> the OR of its words' lexemes ('web3 project' -> 'web3' |
+-- 'project'): ranks body-tier rows by how much of the query their title has.
+-- Built from to_tsvector output with each lexeme quoted (quotes doubled,
+-- lexemes holding a backslash dropped), so no user text reaches the tsquery
+-- parser as syntax. NULL when there is no lexeme.
+CREATE OR REPLACE FUNCTION search_tsquery_any(q text) RETURNS tsquery
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT nullif(array_to_string(array(
+               SELECT '''' || replace(lexeme, '''', '''''') || ''''
+               FROM unnest(tsvector_to_array(to_tsvector('english', search_clip_query(q)))) AS lexeme
+               WHERE strpos(lexeme, '\') = 0), ' | '), '')::tsquery
+$$;
+
 -- Raw user text -> text for trigram matching, or NULL when trigram matching
 -- would not narrow anything:
 --   * at most 100 characters: the GIN trigram scan reads one posting list per
@@ -418,9 +409,9 @@ $$;
 -- functions, STABLE, not STRICT, no SET clause and not SECURITY DEFINER, so the
 -- planner inlines them into the calling query: the guide's
 --   EXPLAIN ANALYZE SELECT * FROM search_combined('test query', 'project', 20);
--- shows the Bitmap Index Scans on mv_search_index_title_vector / _vector / _trgm
--- directly (no opaque Function Scan). search_fuzzy needs a SET clause (below), so
--- it is not inlined; its inner plans are visible with auto_explain:
+-- shows the Bitmap Index Scans on mv_search_index_title_vector / _document /
+-- _trgm directly (no opaque Function Scan). search_fuzzy needs a SET clause
+-- (below), so it is not inlined; its inner plans are visible with auto_explain:
 --   LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;
 --   SET auto_explain.log_nested_statements = on; SET auto_explain.log_analyze = on;
 --   SET client_min_messages = log; SELECT * FROM search_fuzzy('blokchain', NULL, 0.3, 10);
@@ -429,16 +420,20 @@ $$;
 -- Full text, in two tiers, because ranking every match of a common word means
 -- visiting every matching row (measured at 680k rows: a word in 15% of bodies
 -- cost 150 ms in heap visits alone):
---   1. rows whose title/name/tags (title_vector) match: score 1 + rank;
---   2. only if tier 1 has fewer than lim rows, rows matching in the body only:
---      score = rank. (Its LIMIT is then 0 and the executor never starts that scan.)
--- So a title match always ranks above a body-only match; within a tier, rank is
--- ts_rank over the whole search_vector with weights {D,C,B,A} =
--- {0.1,0.2,0.4,1.0} and normalisation 32 (rank/(rank+1), in [0,1)). ts_rank,
--- not ts_rank_cd: cover density scores a cover by its length, so for 'web3
--- project' a row with 'Web3' in its title and 'project' in its body (a long
--- cover across title and body) ranked below rows with both words in the body;
--- ts_rank weighs each occurrence by where it is (demo data, checked by hand).
+--   1. rows whose title/name/tags (title_vector) match the whole query:
+--      score = 1 + ts_rank(title_vector, query);
+--   2. only if tier 1 has fewer than lim rows: rows whose whole document
+--      (title, names, body) matches but whose title alone does not:
+--      score = ts_rank(title_vector, any query word), in [0, 1). So a row with
+--      one word in its title and the other in its body ranks above rows with
+--      both words only in the body; among body-only rows popularity decides.
+--      (When tier 1 is full, tier 2's LIMIT is 0 and the executor never starts
+--      its scan.)
+-- A title match therefore always ranks above a body-only match. Ranking reads
+-- only the stored title_vector; nothing re-parses a body at query time.
+-- ts_rank with weights {D,C,B,A} = {0.1,0.2,0.4,1.0}, normalisation 32
+-- (rank/(rank+1)). ts_rank, not ts_rank_cd: cover density scores a cover by its
+-- length, so a title word plus a body word (a long cover) lost to two body words.
 CREATE OR REPLACE FUNCTION search_content(q text, type text DEFAULT NULL, lim integer DEFAULT 20)
 RETURNS TABLE (
     kind text, id uuid, title text, subtitle text, snippet text, url_path text, parent_id uuid,
@@ -447,9 +442,8 @@ RETURNS TABLE (
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     WITH title_hits AS (
-        SELECT s.kind, s.id, s.title, s.subtitle, s.snippet, s.url_path, s.parent_id,
-               s.popularity, s.created_at,
-               1 + ts_rank('{0.1,0.2,0.4,1.0}', s.search_vector, search_tsquery(q), 32)::float8 AS score
+        SELECT s.kind, s.id, s.title, s.subtitle, s.body, s.url_path, s.parent_id, s.popularity, s.created_at,
+               1 + ts_rank('{0.1,0.2,0.4,1.0}', s.title_vector, search_tsquery(q), 32)::float8 AS score
         FROM mv_search_index s
         WHERE s.title_vector @@ search_tsquery(q)
           AND (type IS NULL OR s.kind = type)
@@ -457,17 +451,17 @@ AS $$
         LIMIT least(greatest(coalesce(lim, 20), 1), 100)
     ),
     body_hits AS (
-        SELECT s.kind, s.id, s.title, s.subtitle, s.snippet, s.url_path, s.parent_id,
-               s.popularity, s.created_at,
-               ts_rank('{0.1,0.2,0.4,1.0}', s.search_vector, search_tsquery(q), 32)::float8 AS score
+        SELECT s.kind, s.id, s.title, s.subtitle, s.body, s.url_path, s.parent_id, s.popularity, s.created_at,
+               ts_rank('{0.1,0.2,0.4,1.0}', s.title_vector, search_tsquery_any(q), 32)::float8 AS score
         FROM mv_search_index s
-        WHERE s.search_vector @@ search_tsquery(q)
+        WHERE (s.title_vector || setweight(to_tsvector('english', s.body), 'C')) @@ search_tsquery(q)
           AND NOT s.title_vector @@ search_tsquery(q)
           AND (type IS NULL OR s.kind = type)
         ORDER BY score DESC, s.popularity DESC, s.created_at DESC, s.id
         LIMIT least(greatest(coalesce(lim, 20), 1), 100) - (SELECT count(*) FROM title_hits)
     )
-    SELECT h.*, 'fulltext'::text AS match_type
+    SELECT h.kind, h.id, h.title, h.subtitle, search_snippet(h.body), h.url_path, h.parent_id,
+           h.popularity, h.created_at, h.score, 'fulltext'::text
     FROM (SELECT * FROM title_hits UNION ALL SELECT * FROM body_hits) h
     ORDER BY h.score DESC, h.popularity DESC, h.created_at DESC, h.id
 $$;
@@ -485,6 +479,16 @@ $$;
 -- restore it on exit (also on error), so the caller's setting never changes.
 -- The cost is that this function is not inlined (see auto_explain above).
 -- PARALLEL RESTRICTED: a GUC cannot be set inside a parallel worker.
+-- The queries run through EXECUTE ... USING (fixed SQL text, the input only as
+-- bound values) so each call is planned for its own values: a cached generic
+-- plan cannot see the query text, estimated the trigram match at a default
+-- selectivity and scanned the whole view (measured: 109 ms instead of ~5 ms).
+-- enable_seqscan = off (restored on exit like the threshold): for the rung
+-- check "are there lim rows?" the planner picked a sequential scan expecting
+-- to stop early, but the matches of a word sit together (e.g. all posts, at
+-- the end of the view), so it read 26k rows: 145 ms where the GIN bitmap
+-- needs 1 ms. Every query in this function is a trigram match the GIN index
+-- answers better than a scan of the whole view.
 --
 -- Threshold ladder (exact, not an approximation): a low threshold such as the
 -- guide's 0.3 makes every row sharing a third of the query's trigrams a
@@ -504,6 +508,7 @@ RETURNS TABLE (
 )
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
 SET pg_trgm.word_similarity_threshold = 0.6
+SET enable_seqscan = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -520,36 +525,38 @@ BEGIN
         CONTINUE WHEN rung < floor_t;
         PERFORM set_config('pg_trgm.word_similarity_threshold', rung::text, true);
         IF rung > floor_t THEN
-            SELECT count(*) INTO reached
-            FROM (SELECT 1 FROM mv_search_index s
-                  WHERE qt <% s.search_text
-                    AND (search_fuzzy.type IS NULL OR s.kind = search_fuzzy.type)
-                  LIMIT n) enough;
+            EXECUTE 'SELECT count(*) FROM (SELECT 1 FROM mv_search_index s
+                                           WHERE $1 <% s.search_text AND ($2 IS NULL OR s.kind = $2)
+                                           LIMIT $3) enough'
+                INTO reached USING qt, search_fuzzy.type, n;
             CONTINUE WHEN reached < n;
         END IF;
-        RETURN QUERY
-            SELECT s.kind, s.id, s.title, s.subtitle, s.snippet, s.url_path, s.parent_id,
-                   s.popularity, s.created_at,
-                   word_similarity(qt, s.search_text)::float8 AS fuzzy_score,
-                   'fuzzy'::text
-            FROM mv_search_index s
-            WHERE qt <% s.search_text
-              AND (search_fuzzy.type IS NULL OR s.kind = search_fuzzy.type)
-            ORDER BY fuzzy_score DESC, s.popularity DESC, s.created_at DESC, s.id
-            LIMIT n;
+        RETURN QUERY EXECUTE
+            'SELECT s.kind, s.id, s.title, s.subtitle, search_snippet(s.body), s.url_path, s.parent_id,
+                    s.popularity, s.created_at, word_similarity($1, s.search_text)::float8 AS fuzzy_score,
+                    ''fuzzy''::text
+             FROM mv_search_index s
+             WHERE $1 <% s.search_text AND ($2 IS NULL OR s.kind = $2)
+             ORDER BY fuzzy_score DESC, s.popularity DESC, s.created_at DESC, s.id
+             LIMIT $3'
+            USING qt, search_fuzzy.type, n;
         RETURN;
     END LOOP;
 END
 $$;
 
--- Combined: the tiered full-text results (best 2*lim), supplemented by fuzzy
--- matches when full text finds fewer than 2*lim, merged on (kind, id) with a
--- FULL JOIN (one row per thing): score = full-text score + 0.5 * word
+-- Combined: the two-tier full-text results (best 200), supplemented by fuzzy
+-- matches (best 200) when full text finds fewer than 200, merged on (kind, id)
+-- with a FULL JOIN (one row per thing): score = full-text score + 0.5 * word
 -- similarity. So title matches (>= 1) rank above body-only matches, and a
--- typo-only hit scores at most 0.5. When full text already has 2*lim matches
+-- typo-only hit scores at most 0.5. When full text already has 200 matches
 -- (a common word, correctly spelled) the fuzzy side's LIMIT is 0 and its scan
 -- never runs: measured at 680k rows, a fuzzy side for 'web3 project' alone was
 -- 1.9 s, because 'project' makes half the titles similar to it.
+-- The windows are fixed (200 = twice the largest lim), not derived from lim, so
+-- a larger lim returns the same first rows plus more: the API pages through
+-- search_combined(q, type, offset + limit + 1) with offsets, and a window that
+-- grew with lim could let fuzzy boosts reorder earlier pages.
 -- Inlined (see above); its fuzzy side uses the session's
 -- pg_trgm.word_similarity_threshold (default 0.6: 'blokchain' still finds
 -- 'blockchain' at 0.62), because an inlinable function cannot set a GUC.
@@ -561,53 +568,63 @@ RETURNS TABLE (
 )
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
+    -- Each side carries the display columns: joining back to mv_search_index
+    -- after the FULL JOIN let the planner pick a hash join over the whole view
+    -- (its row estimate for the merge is poor).
     WITH title_hits AS (
-        SELECT s.kind, s.id,
-               1 + ts_rank('{0.1,0.2,0.4,1.0}', s.search_vector, search_tsquery(q), 32)::float8 AS rank
+        SELECT s.kind, s.id, s.title, s.subtitle, s.body, s.url_path, s.parent_id, s.popularity, s.created_at,
+               1 + ts_rank('{0.1,0.2,0.4,1.0}', s.title_vector, search_tsquery(q), 32)::float8 AS rank
         FROM mv_search_index s
         WHERE s.title_vector @@ search_tsquery(q)
           AND (type IS NULL OR s.kind = type)
         ORDER BY rank DESC, s.popularity DESC, s.created_at DESC, s.id
-        LIMIT 2 * least(greatest(coalesce(lim, 20), 1), 100)
+        LIMIT 200
     ),
     body_hits AS (
-        SELECT s.kind, s.id,
-               ts_rank('{0.1,0.2,0.4,1.0}', s.search_vector, search_tsquery(q), 32)::float8 AS rank
+        SELECT s.kind, s.id, s.title, s.subtitle, s.body, s.url_path, s.parent_id, s.popularity, s.created_at,
+               ts_rank('{0.1,0.2,0.4,1.0}', s.title_vector, search_tsquery_any(q), 32)::float8 AS rank
         FROM mv_search_index s
-        WHERE s.search_vector @@ search_tsquery(q)
+        WHERE (s.title_vector || setweight(to_tsvector('english', s.body), 'C')) @@ search_tsquery(q)
           AND NOT s.title_vector @@ search_tsquery(q)
           AND (type IS NULL OR s.kind = type)
         ORDER BY rank DESC, s.popularity DESC, s.created_at DESC, s.id
-        LIMIT 2 * least(greatest(coalesce(lim, 20), 1), 100) - (SELECT count(*) FROM title_hits)
+        LIMIT 200 - (SELECT count(*) FROM title_hits)
     ),
     ft AS (
         SELECT * FROM title_hits UNION ALL SELECT * FROM body_hits
     ),
     fz AS (
-        SELECT s.kind, s.id, word_similarity(search_fuzzy_text(q), s.search_text)::float8 AS sim
+        SELECT s.kind, s.id, s.title, s.subtitle, s.body, s.url_path, s.parent_id, s.popularity, s.created_at,
+               word_similarity(search_fuzzy_text(q), s.search_text)::float8 AS sim
         FROM mv_search_index s
         WHERE search_fuzzy_text(q) <% s.search_text
           AND (type IS NULL OR s.kind = type)
         ORDER BY sim DESC, s.popularity DESC, s.created_at DESC, s.id
-        LIMIT CASE WHEN (SELECT count(*) FROM ft) < 2 * least(greatest(coalesce(lim, 20), 1), 100)
-                   THEN 2 * least(greatest(coalesce(lim, 20), 1), 100) ELSE 0 END
+        LIMIT CASE WHEN (SELECT count(*) FROM ft) < 200 THEN 200 ELSE 0 END
     ),
     merged AS (
         SELECT coalesce(ft.kind, fz.kind) AS kind,
                coalesce(ft.id, fz.id) AS id,
+               coalesce(ft.title, fz.title) AS title,
+               coalesce(ft.subtitle, fz.subtitle) AS subtitle,
+               coalesce(ft.body, fz.body) AS body,
+               coalesce(ft.url_path, fz.url_path) AS url_path,
+               coalesce(ft.parent_id, fz.parent_id) AS parent_id,
+               coalesce(ft.popularity, fz.popularity) AS popularity,
+               coalesce(ft.created_at, fz.created_at) AS created_at,
                coalesce(ft.rank, 0) + 0.5 * coalesce(fz.sim, 0) AS score,
                CASE WHEN ft.id IS NOT NULL AND fz.id IS NOT NULL THEN 'both'
                     WHEN ft.id IS NOT NULL THEN 'fulltext'
                     ELSE 'fuzzy' END AS match_type
         FROM ft
         FULL JOIN fz ON fz.kind = ft.kind AND fz.id = ft.id
+        ORDER BY score DESC, popularity DESC, created_at DESC, id
+        LIMIT least(greatest(coalesce(lim, 20), 1), 100)
     )
-    SELECT s.kind, s.id, s.title, s.subtitle, s.snippet, s.url_path, s.parent_id,
-           s.popularity, s.created_at, m.score, m.match_type
+    SELECT m.kind, m.id, m.title, m.subtitle, search_snippet(m.body), m.url_path, m.parent_id,
+           m.popularity, m.created_at, m.score, m.match_type
     FROM merged m
-    JOIN mv_search_index s ON s.kind = m.kind AND s.id = m.id
-    ORDER BY m.score DESC, s.popularity DESC, s.created_at DESC, s.id
-    LIMIT least(greatest(coalesce(lim, 20), 1), 100)
+    ORDER BY m.score DESC, m.popularity DESC, m.created_at DESC, m.id
 $$;
 
 -- ---------------------------------------------------------------------------

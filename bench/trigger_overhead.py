@@ -377,6 +377,27 @@ def run_arm(url: str, workload: str, arm: str, rnd: int, script_dir: Path, args:
     return result
 
 
+def truth_batch_ms(url: str) -> dict[str, float]:
+    """Time each *_truth(keys) for 1000 keys, passed as a literal array as the reconciliation does."""
+    timings = {}
+    with raw_connection(url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id::text FROM users ORDER BY id LIMIT 1000 OFFSET 500")
+        users = [r[0] for r in cur.fetchall()]
+        cur.execute("SELECT id::text FROM conversations ORDER BY id LIMIT 1000 OFFSET 500")
+        conversations = [r[0] for r in cur.fetchall()]
+        for name, sql, ids in (
+            ("user_dashboard_stats", "SELECT count(*) FROM user_dashboard_stats_truth(%s::uuid[])", users),
+            ("message_conversations_denorm", "SELECT count(*) FROM message_conversations_denorm_truth(%s::uuid[])",
+             conversations),
+            ("intro_request_stats", "SELECT count(*) FROM intro_request_stats_truth(%s::uuid[])", users),
+        ):
+            cur.execute(sql, (ids,))  # warm
+            started = time.monotonic()
+            cur.execute(sql, (ids,))
+            timings[name] = (time.monotonic() - started) * 1000
+    return timings
+
+
 def conditions(url: str, where: str, s: Scale, args: argparse.Namespace) -> list[str]:
     with raw_connection(url, autocommit=True) as conn, conn.cursor() as cur:
         settings = []
@@ -450,10 +471,13 @@ def main(argv: list[str] | None = None) -> int:
         with raw_connection(url, autocommit=True) as conn, conn.cursor() as cur:
             for statement in LOAD_SQL:
                 cur.execute(statement, params)
+        t1 = time.monotonic()
         notices: list[str] = []
         run_sql(url, backfill_sql(), notices=notices)
+        backfill_s = time.monotonic() - t1
         run_sql(url, "VACUUM ANALYZE")
-        print(f"loaded and backfilled in {time.monotonic() - t0:.0f} s: " + "; ".join(notices), flush=True)
+        print(f"loaded in {t1 - t0:.0f} s; backfill {backfill_s:.1f} s: " + "; ".join(notices), flush=True)
+        truth_ms = truth_batch_ms(url)
         script_dir = Path(sd)
         results: list[ArmResult] = []
         for workload in args.workloads.split(","):
@@ -468,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
         print()
         for line in conditions(url, where, scale, args):
             print(line)
+        print(f"backfill (0011, whole tables, after the load): {backfill_s:.1f} s")
+        print("truth for a batch of 1000 keys (reconciliation unit): "
+              + ", ".join(f"{name} {ms:.0f} ms" for name, ms in truth_ms.items()))
         print()
         for line in report(results, arms):
             print(line)

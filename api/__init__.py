@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None, deps: Any = None, extra_routes:
     settings = settings or Settings.from_env()
     deps = deps or Deps.connect(settings)
     app = falcon.App(middleware=[
-        DbMiddleware(deps.engine),
+        DbMiddleware(deps.engine, deps.write_engine),
         AuthMiddleware(settings.jwt_secret),
         BodyMiddleware(settings.max_body_bytes),
     ])

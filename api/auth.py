@@ -66,8 +66,39 @@ def forbidden(message: str) -> ApiError:
     return ApiError(falcon.HTTP_403, "forbidden", message)
 
 
-def decode_token(secret: str, token: str) -> Principal:
+class TokenCache:
+    """Verified tokens -> (principal, exp), so a client's repeated token is checked once.
+
+    Keyed by the whole token string (signature included): a token that differs
+    in any byte is a different key and is verified from scratch. Expiry is
+    still checked on every use. Bounded; cleared wholesale when full (cheap,
+    and the next uses simply verify again).
+    """
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._max = max_entries
+        self._entries: dict[str, tuple[Principal, int]] = {}
+
+    def get(self, token: str) -> Principal | None:
+        hit = self._entries.get(token)
+        if hit is None:
+            return None
+        principal, exp = hit
+        if exp + LEEWAY_SECONDS < time.time():
+            self._entries.pop(token, None)
+            raise unauthorized("token expired")
+        return principal
+
+    def put(self, token: str, principal: Principal, exp: int) -> None:
+        if len(self._entries) >= self._max:
+            self._entries.clear()
+        self._entries[token] = (principal, exp)
+
+
+def decode_token(secret: str, token: str, cache: TokenCache | None = None) -> Principal:
     """Verify ``token`` and return its principal, or raise a 401 ApiError."""
+    if cache is not None and (hit := cache.get(token)) is not None:
+        return hit
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError:
@@ -93,7 +124,10 @@ def decode_token(secret: str, token: str) -> Principal:
         raise unauthorized("token subject is not a user id") from None
     role = claims.get("role")
     is_admin = claims.get("admin") is True or role == "admin"
-    return Principal(user_id=user_id, role=str(role or "member"), is_admin=is_admin)
+    principal = Principal(user_id=user_id, role=str(role or "member"), is_admin=is_admin)
+    if cache is not None:
+        cache.put(token, principal, int(claims["exp"]))
+    return principal
 
 
 def bearer_token(req: falcon.Request) -> str | None:
@@ -112,6 +146,7 @@ class AuthMiddleware:
 
     def __init__(self, secret: str) -> None:
         self._secret = secret
+        self._tokens = TokenCache()
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict) -> None:
         req.context.user = None
@@ -124,7 +159,7 @@ class AuthMiddleware:
             level = level.get(req.method, AUTH_PUBLIC)
         token = bearer_token(req)
         if token is not None:
-            req.context.user = decode_token(self._secret, token)
+            req.context.user = decode_token(self._secret, token, self._tokens)
         if level == AUTH_PUBLIC:
             return
         if req.context.user is None:

@@ -41,16 +41,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis as redis_lib
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from api import metrics
+from api.db import Reader
 from schema.db import queries
 
 log = logging.getLogger("api.cache")
@@ -59,9 +60,8 @@ KEY_PREFIX = "user:upvotes:"
 DEFAULT_TTL_SECONDS = 6 * 3600
 # After a Redis error, skip Redis for this long (answer from Postgres).
 BREAKER_SECONDS = 1.0
-# Lookups take a connection *source*: called only when Postgres is needed, so a
-# cache hit never checks a connection out of the pool.
-ConnSource = Callable[[], Connection] | None
+# Lookups take the request's Reader (api/db.py): its connection is checked out
+# only when Postgres is needed, so a cache hit never touches the pool.
 
 # KEYS: set, complete, toggles, epoch. ARGV: member, state (1|0), ts_us, ttl.
 # Returns 1 when the change became the member's newest state, else 0.
@@ -89,6 +89,15 @@ elseif ts > prev and ts < last then
   redis.call('HSET', KEYS[3], ARGV[1], string.format('%d,%d,%s', ts, last, st))
 end
 return 0
+"""
+
+# KEYS: set, complete, toggles, epoch. ARGV: project ids. One round trip, one
+# reply: {complete?, membership flags, toggle records, epoch}.
+_READ_LUA = """
+local complete = redis.call('EXISTS', KEYS[2])
+local members = redis.call('SMISMEMBER', KEYS[1], unpack(ARGV))
+local toggles = redis.call('HMGET', KEYS[3], unpack(ARGV))
+return {complete, members, toggles, redis.call('GET', KEYS[4]) or '0'}
 """
 
 # KEYS: set, complete, epoch. ARGV: expected epoch, ttl, members...
@@ -193,6 +202,7 @@ class RedisUserCache:
         self._dirty_lock = threading.Lock()
         self._apply = client.register_script(_APPLY_LUA)
         self._install = client.register_script(_INSTALL_LUA)
+        self._read = client.register_script(_READ_LUA)
         self._q = queries("api_user_cache")
 
     @property
@@ -244,11 +254,11 @@ class RedisUserCache:
         return False
 
     # -- reads ------------------------------------------------------------------
-    def get_user_upvotes(self, user_id: str, ids: Iterable[str], get_conn: ConnSource = None) -> set[str]:
+    def get_user_upvotes(self, user_id: str, ids: Iterable[str], reader: Reader | None = None) -> set[str]:
         """The subset of ``ids`` the user has upvoted (Redis, else Postgres)."""
-        return self.overlay(user_id, list(ids), get_conn).upvoted
+        return self.overlay(user_id, list(ids), reader).upvoted
 
-    def overlay(self, user_id: str, ids: Sequence[str], get_conn: ConnSource = None) -> Overlay:
+    def overlay(self, user_id: str, ids: Sequence[str], reader: Reader | None = None) -> Overlay:
         """Upvoted subset of ``ids`` plus the user's recent toggles of them."""
         ids = [str(i) for i in ids]
         if not ids:
@@ -256,55 +266,51 @@ class RedisUserCache:
         if self._available():
             try:
                 self._flush_dirty()
-                return self._overlay_redis(user_id, ids, get_conn)
+                return self._overlay_redis(user_id, ids, reader)
             except redis_lib.RedisError as exc:
                 self._tripped(exc)
         metrics.USER_CACHE_FALLBACKS.inc()
-        return Overlay(self._upvoted_among_pg(user_id, ids, get_conn), {}, "postgres")
+        return Overlay(self._upvoted_among_pg(user_id, ids, reader), {}, "postgres")
 
-    def _overlay_redis(self, user_id: str, ids: list[str], get_conn: ConnSource) -> Overlay:
+    def _overlay_redis(self, user_id: str, ids: list[str], reader: Reader | None) -> Overlay:
         s_key, c_key, t_key, e_key = user_keys(user_id)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.exists(c_key)
-        pipe.smismember(s_key, ids)
-        pipe.hmget(t_key, ids)
-        pipe.get(e_key)
-        complete, members, raw_toggles, epoch = pipe.execute()
+        complete, members, raw_toggles, epoch = self._read(keys=[s_key, c_key, t_key, e_key], args=ids)
         toggles = {pid: t for pid, raw in zip(ids, raw_toggles, strict=True) if (t := Toggle.parse(raw))}
         if complete:
             metrics.USER_CACHE_HITS.inc()
             return Overlay({pid for pid, m in zip(ids, members, strict=True) if m}, toggles, "redis")
         metrics.USER_CACHE_MISSES.inc()
         # The epoch was read (above) before the Postgres snapshot (below).
-        all_ids = self._all_upvoted_pg(user_id, get_conn)
+        all_ids = self._all_upvoted_pg(user_id, reader)
         installed = self._install(keys=[s_key, c_key, e_key], args=[epoch or "0", self._ttl, *all_ids])
         metrics.USER_CACHE_REBUILDS.labels("installed" if installed else "raced").inc()
         return Overlay({pid for pid in ids if pid in all_ids}, toggles, "rebuilt")
 
-    def rebuild(self, user_id: str, get_conn: ConnSource = None) -> bool:
+    def rebuild(self, user_id: str, reader: Reader | None = None) -> bool:
         """Load the user's set from Postgres now; False if a concurrent change won."""
         s_key, c_key, _t, e_key = user_keys(user_id)
         epoch = self._redis.get(e_key)
-        all_ids = self._all_upvoted_pg(user_id, get_conn)
+        all_ids = self._all_upvoted_pg(user_id, reader)
         return bool(self._install(keys=[s_key, c_key, e_key], args=[epoch or "0", self._ttl, *all_ids]))
 
     def invalidate(self, user_id: str) -> None:
         self._redis.delete(*user_keys(user_id)[:2])
 
     # -- Postgres side ----------------------------------------------------------
-    def _run(self, get_conn: ConnSource, name: str, params: dict[str, Any]) -> list[str]:
-        if get_conn is not None:
-            return [r[0] for r in get_conn().execute(self._q[name], params)]
+    def _run(self, reader: Reader | None, name: str, params: dict[str, Any]) -> list[str]:
+        if reader is not None:
+            # Scalar parameters only can be prepared (see api.db.Prepared).
+            return [r[0] for r in reader.tuples(self._q[name], params, prepared=name == "user_upvoted_ids")]
         if self._engine is None:
             raise RuntimeError("RedisUserCache needs an engine or a connection to read Postgres")
         with self._engine.connect() as own:
             return [r[0] for r in own.execute(self._q[name], params)]
 
-    def _all_upvoted_pg(self, user_id: str, get_conn: ConnSource) -> set[str]:
-        return set(self._run(get_conn, "user_upvoted_ids", {"user_id": user_id}))
+    def _all_upvoted_pg(self, user_id: str, reader: Reader | None) -> set[str]:
+        return set(self._run(reader, "user_upvoted_ids", {"user_id": user_id}))
 
-    def _upvoted_among_pg(self, user_id: str, ids: list[str], get_conn: ConnSource) -> set[str]:
-        return set(self._run(get_conn, "user_upvoted_among", {"user_id": user_id, "ids": ids}))
+    def _upvoted_among_pg(self, user_id: str, ids: list[str], reader: Reader | None) -> set[str]:
+        return set(self._run(reader, "user_upvoted_among", {"user_id": user_id, "ids": ids}))
 
     # -- health -----------------------------------------------------------------
     def health_check(self) -> dict[str, Any]:

@@ -16,15 +16,16 @@ import redis as redis_lib
 from sqlalchemy.engine import Engine
 
 from api.cache import RedisUserCache, make_redis_client
+from api.db import make_read_engine, make_write_engine
 from api.freshness import ResponseCache, ViewFreshness
 from api.sender import CelerySender, TaskSender
-from schema.db import make_engine
 from schema.settings import Settings
 
 
 @dataclass
 class Deps:
-    engine: Engine
+    engine: Engine  # reads: AUTOCOMMIT, no pre-ping (api/db.py)
+    write_engine: Engine  # writes: transactions
     redis: redis_lib.Redis
     user_cache: RedisUserCache
     sender: TaskSender
@@ -33,16 +34,11 @@ class Deps:
 
     @classmethod
     def connect(cls, settings: Settings, *, sender: TaskSender | None = None) -> Deps:
-        engine = make_engine(
-            settings.database_url,
-            pool_size=settings.db_pool_size,
-            application_name="discovery-api",
-            statement_timeout_ms=settings.db_statement_timeout_ms,
-            connect_timeout=3,
-        )
+        engine = make_read_engine(settings)
         client = make_redis_client(settings.redis_url)
         return cls(
             engine=engine,
+            write_engine=make_write_engine(settings),
             redis=client,
             user_cache=RedisUserCache(client, engine),
             sender=sender or CelerySender(settings.celery_broker_url),
@@ -53,6 +49,7 @@ class Deps:
     def close(self) -> None:
         """Release pools (tests; gunicorn workers just exit)."""
         self.engine.dispose()
+        self.write_engine.dispose()
         self.redis.close()
         close = getattr(self.sender, "close", None)
         if close:

@@ -16,6 +16,8 @@ import uuid
 from typing import Any
 
 import falcon
+import psycopg2
+from sqlalchemy import exc as sa_exc
 
 log = logging.getLogger("api")
 
@@ -72,11 +74,29 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": error}
 
 
+def _dependency_error(ex: BaseException) -> falcon.HTTPError | None:
+    """Postgres or Redis unreachable / too slow: a 503 that says which, not a 500."""
+    orig = getattr(ex, "orig", ex)  # SQLAlchemy wraps the DBAPI error
+    if isinstance(orig, psycopg2.errors.QueryCanceled):
+        return ApiError(falcon.HTTP_503, "service_unavailable", "the database query timed out; try again",
+                        headers={"Retry-After": "1"})
+    if isinstance(orig, psycopg2.OperationalError | psycopg2.InterfaceError) or isinstance(
+            ex, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
+        return ApiError(falcon.HTTP_503, "service_unavailable", "the database is unavailable; try again shortly",
+                        headers={"Retry-After": "5"})
+    return None
+
+
 def render_error(req: falcon.Request, resp: falcon.Response, ex: BaseException, params: dict) -> None:
     """Turn any exception into the JSON error shape with the right status."""
     if not isinstance(ex, falcon.HTTPError):
-        log.exception("unhandled error on %s %s", req.method, req.path)
-        ex = falcon.HTTPInternalServerError(description="internal error")
+        mapped = _dependency_error(ex)
+        if mapped is not None:
+            log.warning("%s %s: %s", req.method, req.path, str(getattr(ex, "orig", ex)).strip().splitlines()[:1])
+            ex = mapped
+        else:
+            log.exception("unhandled error on %s %s", req.method, req.path)
+            ex = falcon.HTTPInternalServerError(description="internal error")
     if isinstance(ex, falcon.HTTPRouteNotFound):
         message = f"no such path: {req.path}"
     elif isinstance(ex, falcon.HTTPMethodNotAllowed):

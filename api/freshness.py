@@ -18,11 +18,11 @@ import datetime as dt
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from schema.db import queries
 
@@ -59,12 +59,9 @@ class ViewFreshness:
         self._skew_us = 0
         self._q = queries("api_freshness")
 
-    def _load(self, get_conn: Callable[[], Connection] | None) -> None:
-        if get_conn is not None:
-            rows = list(get_conn().execute(self._q["view_generations"]))
-        else:
-            with self._engine.connect() as own:
-                rows = list(own.execute(self._q["view_generations"]))
+    def _load(self) -> None:
+        with self._engine.connect() as conn:
+            rows = list(conn.execute(self._q["view_generations"]))
         local_us = int(time.time() * 1_000_000)
         states = {}
         for view, gen, started_us, completed_at, pg_now_us in rows:
@@ -73,21 +70,18 @@ class ViewFreshness:
         self._states = states
         self._loaded_at = time.monotonic()
 
-    def state(self, view: str, get_conn: Callable[[], Connection] | None = None) -> ViewState:
-        """The view's state, at most ``ttl`` seconds old.
-
-        ``get_conn`` supplies a connection only if the memo must be reloaded
-        (the request's lazy connection), so a fresh memo costs no checkout.
-        """
+    def state(self, view: str) -> ViewState:
+        """The view's state, at most ``ttl`` seconds old (one indexed query per
+        process per ``ttl``, whatever the request rate)."""
         if time.monotonic() - self._loaded_at > self._ttl:
             with self._lock:
                 if time.monotonic() - self._loaded_at > self._ttl:
-                    self._load(get_conn)
+                    self._load()
         return self._states.get(view) or ViewState(view, 0, 0, None)
 
-    def known_views(self, get_conn: Callable[[], Connection] | None = None) -> list[str]:
+    def known_views(self) -> list[str]:
         """Registered view names (from mv_registry, refreshed with the memo)."""
-        self.state("", get_conn)
+        self.state("")
         return sorted(self._states)
 
     def pg_now_us(self) -> int:

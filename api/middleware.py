@@ -1,9 +1,9 @@
 """Per-request middleware: database access and request-body rules.
 
-``DbMiddleware`` gives every request ``req.context.db``, a lazy handle: the
-pooled connection is checked out on first use and returned (rolled back) when
-the response is done, so a page served from the response cache never touches
-the pool, and no request can leak a connection or an open transaction.
+``DbMiddleware`` gives every request ``req.context.db`` (api/db.py), a lazy
+handle: the pooled read connection is checked out on first use and returned
+when the response is done, so a page served from the response cache never
+touches the pool, and no request can leak a connection or a transaction.
 
 ``BodyMiddleware`` enforces the body rules before any responder runs:
 ``MAX_BODY_BYTES`` (413), JSON only on routes that take a body (415), and a
@@ -13,68 +13,20 @@ rejected request.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
-
 import falcon
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
+from api.db import RequestDb
 from api.errors import ApiError
 
 
-class RequestDb:
-    """Lazily checked-out connection for one request."""
-
-    __slots__ = ("_conn", "_engine")
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._conn: Connection | None = None
-
-    @property
-    def conn(self) -> Connection:
-        if self._conn is None:
-            self._conn = self._engine.connect()
-        return self._conn
-
-    @property
-    def used(self) -> bool:
-        return self._conn is not None
-
-    def execute(self, statement: Any, params: dict[str, Any] | None = None) -> sa.CursorResult:
-        return self.conn.execute(statement, params or {})
-
-    def end_read(self) -> None:
-        """End the implicit read transaction (reads need no commit, and an idle
-        connection should not sit 'idle in transaction')."""
-        if self._conn is not None and self._conn.in_transaction():
-            self._conn.rollback()
-
-    @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """A write transaction: committed on success, rolled back on any error."""
-        conn = self.conn
-        if conn.in_transaction():
-            conn.rollback()
-        with conn.begin():
-            yield conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
-
-
 class DbMiddleware:
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, read_engine: Engine, write_engine: Engine) -> None:
+        self._read = read_engine
+        self._write = write_engine
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        req.context.db = RequestDb(self._engine)
+        req.context.db = RequestDb(self._read, self._write)
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
                          req_succeeded: bool) -> None:

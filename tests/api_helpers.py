@@ -23,11 +23,11 @@ import sqlalchemy as sa
 from api import create_app
 from api.auth import issue_token
 from api.cache import RedisUserCache, make_redis_client
+from api.db import make_read_engine, make_write_engine
 from api.deps import Deps
 from api.freshness import ResponseCache, ViewFreshness
 from api.sender import CelerySender
 from deploy.embedded import free_port
-from schema.db import make_engine
 from schema.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,10 +41,11 @@ def api_settings(database_url: str, redis_url: str, **overrides: Any) -> Setting
 
 def build_deps(settings: Settings, *, broker_url: str | None = None, memo_ttl: float = 0.5) -> Deps:
     """Real dependencies for a test app (its own pools, so tests can close them)."""
-    engine = make_engine(settings.database_url, pool_size=4, application_name="discovery-api-test")
+    engine = make_read_engine(settings, pool_size=4)
     client = make_redis_client(settings.redis_url)
     return Deps(
         engine=engine,
+        write_engine=make_write_engine(settings, pool_size=4),
         redis=client,
         user_cache=RedisUserCache(client, engine),
         sender=CelerySender(broker_url or settings.celery_broker_url),

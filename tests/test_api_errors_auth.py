@@ -132,7 +132,15 @@ def bad_tokens(user_id: str) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("kind", sorted(bad_tokens(str(uuid.uuid4()))))
+TOKEN_KINDS = ["alg_none", "alg_none_upper", "empty_parts", "expired", "garbage", "hs384", "hs512", "no_exp",
+               "no_sub", "sub_not_uuid", "tampered", "wrong_secret"]
+
+
+def test_token_kinds_cover_every_forgery():
+    assert sorted(bad_tokens(str(uuid.uuid4()))) == TOKEN_KINDS
+
+
+@pytest.mark.parametrize("kind", TOKEN_KINDS)
 def test_bad_token_is_401_everywhere(client, engine, kind):
     token = bad_tokens(user_row(engine, "alice").id)[kind]
     for method, path in [("GET", "/api/dashboard"), ("GET", "/api/projects")]:
@@ -313,3 +321,37 @@ def test_token_command_with_database_down_is_one_line(tmp_path):
     out = run_token("postgresql://postgres@127.0.0.1:1/nothing", "--user", "alice")
     assert out.returncode == 1
     assert out.stderr.count("\n") == 1 and "cannot connect to PostgreSQL" in out.stderr
+
+
+def test_token_cache_still_enforces_expiry():
+    from api.auth import Principal, TokenCache
+    from api.errors import ApiError
+
+    cache = TokenCache()
+    who = Principal(str(uuid.uuid4()), "member", False)
+    cache.put("t-live", who, int(time.time()) + 60)
+    cache.put("t-dead", who, int(time.time()) - 60)
+    assert cache.get("t-live") == who
+    assert cache.get("unknown") is None
+    with pytest.raises(ApiError) as err:
+        cache.get("t-dead")
+    assert err.value.status_code == 401
+
+
+def test_a_cached_token_with_one_byte_changed_is_verified_again(client, alice):
+    assert client.simulate_get("/api/conversations", headers=bearer(alice)).status_code == 200
+    forged = alice[:-1] + ("A" if alice[-1] != "A" else "B")
+    assert_error(client.simulate_get("/api/conversations", headers=bearer(forged)), 401, "unauthorized")
+
+
+def test_database_down_is_503_json_not_500(redis_url):
+    dead = "postgresql://postgres@127.0.0.1:1/nothing"
+    with api_client(dead, redis_url) as (c, _deps):
+        token = issue_token(SECRET, str(uuid.uuid4()), role="member", admin=False)
+        for path, headers in [("/api/projects", {}), ("/api/dashboard", bearer(token)),
+                              ("/api/search?q=x", {}), (f"/api/projects/{uuid.uuid4()}", {})]:
+            p, _, q = path.partition("?")
+            r = c.simulate_get(p, query_string=q, headers=headers)
+            assert_error(r, 503, "service_unavailable")
+            assert "database" in r.json["error"]["message"]
+            assert r.headers["retry-after"]

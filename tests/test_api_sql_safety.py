@@ -20,7 +20,7 @@ QUERIES = sorted((ROOT / "schema" / "queries").glob("api_*.sql"))
 
 SQL_WORDS = re.compile(
     r"\b(SELECT|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE\s|DROP\s|ALTER\s|REFRESH\s+MATERIALIZED"
-    r"|WHERE\s|FROM\s+\w+|VALUES\s*\(|TRUNCATE)\b",
+    r"|WHERE\s|FROM\s+\w+|VALUES\s*\(|TRUNCATE|PREPARE\s|EXECUTE\s|DEALLOCATE\s)\b",
     re.IGNORECASE,
 )
 
@@ -106,6 +106,8 @@ def test_every_named_query_the_api_uses_exists():
     'conn.execute(text(query_string))',
     'cur.execute("DELETE FROM " + table)',
     'cur.execute(f"REFRESH MATERIALIZED VIEW {v}")',
+    'cur.execute(f"PREPARE {name} AS {body}")',
+    'cur.execute(f"EXECUTE {name}")',
 ])
 def test_the_checker_catches_each_pattern(bad):
     assert violations(bad)
@@ -115,6 +117,7 @@ def test_the_checker_catches_each_pattern(bad):
     'conn.execute(sa.text("SELECT 1 FROM t WHERE id = :id"), {"id": x})',
     'msg = f"project {pid} not found"',
     'log.warning("could not send %s: %s", name, exc)',
+    'q = pgsql.SQL("PREPARE {} AS {}").format(pgsql.Identifier(name), body)',
 ])
 def test_the_checker_lets_plain_code_pass(good):
     assert violations(good) == []

@@ -26,9 +26,7 @@ class RefreshResource:
         """Enqueue `tasks.refresh_view(view, manual=True)` on the refresh queue; 202 with the task id.
 
         The name is checked against mv_registry (re-read at most every half second)."""
-        db = req.context.db
-        known = self._deps.freshness.known_views(lambda: db.conn)
-        db.end_read()
+        known = self._deps.freshness.known_views()
         if view_name not in known:
             raise not_found(f"unknown view {view_name!r}; known views: {', '.join(known)}",
                             details={"known_views": known})

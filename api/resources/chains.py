@@ -5,12 +5,12 @@ from __future__ import annotations
 import uuid
 
 import falcon
-import sqlalchemy as sa
 
+from api.db import RequestDb
 from api.deps import Deps
 from api.errors import not_found
 from api.pagination import decode_cursor, page_meta
-from api.resources.common import ViewPages, rows_of, send_page
+from api.resources.common import ViewPages, send_page
 from api.spec import ChainPostsResponse, ChainsQuery, ChainsResponse, PageQuery, api_spec, responses
 from schema.db import queries
 
@@ -34,10 +34,10 @@ class ChainsResource:
         limit = query.limit
         count_col = "member_count" if query.sort == "members" else "activity_count"
 
-        def fetch(conn: sa.Connection) -> tuple[list[dict], dict]:
+        def fetch(db: RequestDb) -> tuple[list[dict], dict]:
             params = {"after_n": after[0] if after else None, "after_id": after[1] if after else None,
                       "lim": limit + 1}
-            rows = rows_of(conn.execute(self._reads[f"chains_by_{query.sort}"], params))
+            rows = db.rows(self._reads[f"chains_by_{query.sort}"], params)
             next_cursor = page_meta(rows, limit, kind, lambda r: (r[count_col], r["id"]))
             rows = rows[:limit]
             return rows, {"count": len(rows), "limit": limit, "next_cursor": next_cursor, "sort": query.sort}
@@ -61,12 +61,12 @@ class ChainPostsResource:
         after = decode_cursor("chain_posts", query.cursor)
         limit = query.limit
 
-        def fetch(conn: sa.Connection) -> tuple[list[dict], dict]:
+        def fetch(db: RequestDb) -> tuple[list[dict], dict]:
             params = {"chain_id": cid, "lim": limit + 1,
                       "after_pinned": after[0] if after else None,
                       "after_score": after[1] if after else None,
                       "after_id": after[2] if after else None}
-            rows = rows_of(conn.execute(self._reads["chain_posts"], params))
+            rows = db.rows(self._reads["chain_posts"], params)
             next_cursor = page_meta(rows, limit, "chain_posts", lambda r: (r["is_pinned"], r["trending_score"], r["id"]))
             rows = rows[:limit]
             return rows, {"count": len(rows), "limit": limit, "next_cursor": next_cursor, "chain_id": cid}
@@ -75,9 +75,6 @@ class ChainPostsResource:
         if not page.data and after is None:
             # An empty forum or no such chain? Asked of mv_chains_discovery each
             # time (not cached under mv_chain_posts' generation).
-            db = req.context.db
-            exists = db.execute(self._reads["chain_exists"], {"chain_id": cid}).first() is not None
-            db.end_read()
-            if not exists:
+            if not req.context.db.tuples(self._reads["chain_exists"], {"chain_id": cid}, prepared=True):
                 raise not_found(f"chain {cid} not found")
         send_page(self._deps, req, resp, page)

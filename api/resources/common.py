@@ -20,18 +20,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import falcon
-from sqlalchemy.engine import Connection
 
+from api.db import RequestDb
 from api.deps import Deps
 from api.errors import dumps
 from api.freshness import ResponseCache, ViewState
 from api.metrics import RESPONSE_CACHE
 
 Rows = list[dict[str, Any]]
-Fetch = Callable[[Connection], tuple[Rows, dict[str, Any]]]
+Fetch = Callable[[RequestDb], tuple[Rows, dict[str, Any]]]
 
 
 def rows_of(result: Any) -> Rows:
+    """Rows of a SQLAlchemy result (the write path) as dicts."""
     keys = list(result.keys())
     return [dict(zip(keys, row, strict=True)) for row in result]
 
@@ -52,12 +53,11 @@ class ViewPages:
         self._deps = deps
         self._cache = cache or deps.response_cache
 
-    def state(self, req: falcon.Request, view: str) -> ViewState:
-        db = req.context.db
-        return self._deps.freshness.state(view, lambda: db.conn)
+    def state(self, view: str) -> ViewState:
+        return self._deps.freshness.state(view)
 
     def page(self, req: falcon.Request, view: str, params: Hashable, fetch: Fetch, *, cache: bool = True) -> Page:
-        state = self.state(req, view)
+        state = self.state(view)
         key = (view, state.generation, params)
         now = time.monotonic()
         if cache:
@@ -66,9 +66,7 @@ class ViewPages:
                 RESPONSE_CACHE.labels(view, "hit").inc()
                 return hit
             RESPONSE_CACHE.labels(view, "miss").inc()
-        db = req.context.db
-        data, extra = fetch(db.conn)
-        db.end_read()
+        data, extra = fetch(req.context.db)
         meta = {"view": view, "as_of": state.completed_at, **extra}
         page = Page(data, meta, dumps({"data": data, "meta": meta}), now, state)
         if cache:
@@ -99,9 +97,8 @@ def overlay_projects(deps: Deps, req: falcon.Request, rows: Rows, state: ViewSta
     user = req.context.user
     if user is None or not rows:
         return rows
-    db = req.context.db
     ids = [str(r[id_key]) for r in rows]
-    overlay = deps.user_cache.overlay(user.user_id, ids, lambda: db.conn)
+    overlay = deps.user_cache.overlay(user.user_id, ids, req.context.db.reader)
     out = []
     for row, pid in zip(rows, ids, strict=True):
         item = dict(row)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import falcon
-import sqlalchemy as sa
 
+from api.db import RequestDb
 from api.deps import Deps
 from api.pagination import decode_cursor, page_meta
-from api.resources.common import ViewPages, rows_of, send_page
+from api.resources.common import ViewPages, send_page
 from api.spec import InvestorsResponse, PageQuery, api_spec, responses
 from schema.db import queries
 
@@ -28,10 +28,10 @@ class InvestorsResource:
         after = decode_cursor("investors", query.cursor)
         limit = query.limit
 
-        def fetch(conn: sa.Connection) -> tuple[list[dict], dict]:
+        def fetch(db: RequestDb) -> tuple[list[dict], dict]:
             params = {"after_n": after[0] if after else None, "after_id": after[1] if after else None,
                       "lim": limit + 1}
-            rows = rows_of(conn.execute(self._reads["investors"], params))
+            rows = db.rows(self._reads["investors"], params)
             next_cursor = page_meta(rows, limit, "investors", lambda r: (r["intro_requests_received"], r["id"]))
             rows = rows[:limit]
             return rows, {"count": len(rows), "limit": limit, "next_cursor": next_cursor}

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import falcon
-import sqlalchemy as sa
 
+from api.db import RequestDb
 from api.deps import Deps
 from api.pagination import decode_cursor, page_meta
-from api.resources.common import ViewPages, rows_of, send_page
+from api.resources.common import ViewPages, send_page
 from api.spec import LeaderboardBuildersResponse, LeaderboardProjectsResponse, PageQuery, api_spec, responses
 from schema.db import queries
 
@@ -27,9 +27,8 @@ class _RankedResource:
         after = decode_cursor(self.kind, query.cursor)
         limit = query.limit
 
-        def fetch(conn: sa.Connection) -> tuple[list[dict], dict]:
-            rows = rows_of(conn.execute(self._reads[self.query_name],
-                                        {"after_rank": after[0] if after else 0, "lim": limit + 1}))
+        def fetch(db: RequestDb) -> tuple[list[dict], dict]:
+            rows = db.rows(self._reads[self.query_name], {"after_rank": after[0] if after else 0, "lim": limit + 1})
             next_cursor = page_meta(rows, limit, self.kind, lambda r: (r["rank"],))
             rows = rows[:limit]
             return rows, {"count": len(rows), "limit": limit, "next_cursor": next_cursor}

@@ -15,7 +15,7 @@ from api.auth import AUTH_USER
 from api.deps import Deps
 from api.errors import not_found
 from api.pagination import decode_cursor, page_meta
-from api.resources.common import rows_of, send
+from api.resources.common import send
 from api.spec import (
     AUTH,
     ConversationsResponse,
@@ -50,8 +50,7 @@ class DashboardResource(_MeResource):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         """The signed-in user's user_dashboard_stats plus their intro_request_stats (exact, live)."""
         db = req.context.db
-        rows = rows_of(db.execute(self._q["dashboard"], {"user_id": req.context.user.user_id}))
-        db.end_read()
+        rows = db.rows(self._q["dashboard"], {"user_id": req.context.user.user_id}, prepared=True)
         if not rows:
             raise not_found("no dashboard for this user (unknown or deleted user)")
         row = rows[0]
@@ -72,8 +71,7 @@ class ConversationsResource(_MeResource):
         db = req.context.db
         params = {"user_id": req.context.user.user_id, "lim": limit + 1,
                   "after_at": after[0] if after else None, "after_id": after[1] if after else None}
-        rows = rows_of(db.execute(self._q["conversations"], params))
-        db.end_read()
+        rows = db.rows(self._q["conversations"], params, prepared=True)
         next_cursor = page_meta(rows, limit, "conversations", lambda r: (r["sort_at"], r["conversation_id"]))
         rows = rows[:limit]
         for r in rows:
@@ -90,8 +88,7 @@ class IntroStatsResource(_MeResource):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         """The signed-in user's intro_request_stats row (as requester, and as investor if one)."""
         db = req.context.db
-        rows = rows_of(db.execute(self._q["intro_stats"], {"user_id": req.context.user.user_id}))
-        db.end_read()
+        rows = db.rows(self._q["intro_stats"], {"user_id": req.context.user.user_id}, prepared=True)
         if not rows:
             raise not_found("no intro stats for this user (unknown or deleted user)")
         resp.set_header("X-Data-Age", "0")

@@ -19,6 +19,7 @@ import falcon
 import sqlalchemy as sa
 
 from api.auth import AUTH_PUBLIC, AUTH_USER, unauthorized
+from api.db import RequestDb
 from api.deps import Deps
 from api.errors import not_found
 from api.pagination import decode_cursor, page_meta
@@ -75,12 +76,12 @@ class FeedResource:
         after = decode_cursor(kind, query.cursor)
         limit = query.limit
 
-        def fetch(conn: sa.Connection) -> tuple[list[dict], dict]:
+        def fetch(db: RequestDb) -> tuple[list[dict], dict]:
             if query.sort == "trending":
                 params = {"after_score": after[0] if after else None, "after_id": after[1] if after else None}
             else:
                 params = {"after_created": after[0] if after else None, "after_id": after[1] if after else None}
-            rows = rows_of(conn.execute(self._reads[kind], {**params, "lim": limit + 1}))
+            rows = db.rows(self._reads[kind], {**params, "lim": limit + 1})
             next_cursor = page_meta(rows, limit, kind, _feed_key(query.sort))
             rows = rows[:limit]
             return rows, {"count": len(rows), "limit": limit, "next_cursor": next_cursor, "sort": query.sort}
@@ -125,8 +126,8 @@ class ProjectResource:
         from its base row (meta.source = "live") instead of answering 404."""
         pid = str(project_id)
 
-        def fetch(conn: sa.Connection) -> tuple[list[dict], dict]:
-            return rows_of(conn.execute(self._reads["project_details"], {"project_id": pid})), {"source": "view"}
+        def fetch(db: RequestDb) -> tuple[list[dict], dict]:
+            return db.rows(self._reads["project_details"], {"project_id": pid}, prepared=True), {"source": "view"}
 
         page = self._pages.page(req, DETAILS_VIEW, pid, fetch)
         if page.data:
@@ -137,14 +138,13 @@ class ProjectResource:
             send(resp, {"data": row, "meta": page.meta})
             return
         db = req.context.db
-        live = rows_of(db.execute(self._reads["project_details_live"], {"project_id": pid}))
-        db.end_read()
+        live = db.rows(self._reads["project_details_live"], {"project_id": pid}, prepared=True)
         if not live:
             raise not_found(f"project {pid} not found")
         row = live[0]
         if req.context.user is not None:
             # The live row already counts every committed vote: no adjustment.
-            upvoted = self._deps.user_cache.get_user_upvotes(req.context.user.user_id, [pid], lambda: db.conn)
+            upvoted = self._deps.user_cache.get_user_upvotes(req.context.user.user_id, [pid], db.reader)
             row["user_has_upvoted"] = pid in upvoted
         send(resp, {"data": row, "meta": {"view": DETAILS_VIEW, "as_of": None, "source": "live"}})
 
@@ -171,9 +171,7 @@ class UpvoteResource:
             self._deps.user_cache.add_upvote(user.user_id, params["project_id"], changed_us)
         else:
             self._deps.user_cache.remove_upvote(user.user_id, params["project_id"], changed_us)
-        db = req.context.db
-        count = db.execute(self._writes["upvote_count"], params).scalar_one()
-        db.end_read()
+        count = req.context.db.scalar(self._writes["upvote_count"], params, prepared=True)
         send(resp, {"data": {"project_id": params["project_id"], "upvoted": upvoted, "upvote_count": count}})
 
     def _toggle(self, req: falcon.Request, params: dict[str, Any]) -> tuple[bool, int]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import falcon
 
+from api.db import RequestDb
 from api.deps import Deps
-from api.resources.common import data_age_header, rows_of, send
+from api.freshness import ResponseCache
+from api.resources.common import ViewPages, send_page
 from api.spec import SearchQuery, SearchResponse, api_spec, responses
 from schema.db import queries
 
@@ -18,6 +20,9 @@ class SearchResource:
 
     def __init__(self, deps: Deps) -> None:
         self._deps = deps
+        # Its own LRU: search text has many distinct values, and they must not
+        # push the feed and leaderboard pages out of the shared cache.
+        self._pages = ViewPages(deps, ResponseCache(max_entries=4096))
         self._reads = queries("api_reads")
 
     @api_spec.validate(query=SearchQuery, resp=responses(SearchResponse), tags=["search"])
@@ -25,17 +30,18 @@ class SearchResource:
         """Full-text and typo-tolerant search, best first. `type` restricts to one kind.
 
         `q` is required: 1..200 characters after trimming (NUL characters are removed).
-        Offset paging within the best 100 results. Not cached: search text has
-        too many distinct values for a page cache to pay."""
-        db = req.context.db
-        state = self._deps.freshness.state(VIEW, lambda: db.conn)
+        Offset paging within the best 100 results. Results cannot change between two
+        refreshes of mv_search_index, so a repeated search is answered from the
+        per-process page cache keyed by the view's generation."""
         wanted = min(query.offset + query.limit + 1, MAX_RESULTS)
-        rows = rows_of(db.execute(self._reads["search"], {"q": query.q, "type": query.type, "lim": wanted}))
-        db.end_read()
         end = query.offset + query.limit
-        page = rows[query.offset:end]
-        next_offset = end if len(rows) > end and end < MAX_RESULTS else None
-        meta = {"view": VIEW, "as_of": state.completed_at, "count": len(page), "limit": query.limit,
-                "offset": query.offset, "next_offset": next_offset, "q": query.q, "type": query.type}
-        data_age_header(self._deps, resp, state)
-        send(resp, {"data": page, "meta": meta})
+
+        def fetch(db: RequestDb) -> tuple[list[dict], dict]:
+            rows = db.rows(self._reads["search"], {"q": query.q, "type": query.type, "lim": wanted}, prepared=True)
+            page = rows[query.offset:end]
+            next_offset = end if len(rows) > end and end < MAX_RESULTS else None
+            return page, {"count": len(page), "limit": query.limit, "offset": query.offset,
+                          "next_offset": next_offset, "q": query.q, "type": query.type}
+
+        page = self._pages.page(req, VIEW, (query.q, query.type, query.limit, query.offset), fetch)
+        send_page(self._deps, req, resp, page)

@@ -22,14 +22,14 @@ WHERE d.user_id = CAST(:user_id AS uuid);
 SELECT c.conversation_id, c.other_user_id, o.username AS other_username, o.name AS other_name,
        c.message_count, c.unread_count, c.last_message_id, c.last_message_at,
        c.last_message_sender_id, c.last_message_preview,
-       coalesce(c.last_message_at, '-infinity'::timestamptz) AS sort_at
+       coalesce(c.last_message_at, '0001-01-01 00:00:00+00'::timestamptz) AS sort_at
 FROM user_conversations_live c
 LEFT JOIN users o ON o.id = c.other_user_id
 WHERE c.user_id = CAST(:user_id AS uuid) AND NOT c.is_deleted
   AND (CAST(:after_at AS timestamptz) IS NULL
-       OR (coalesce(c.last_message_at, '-infinity'::timestamptz), c.conversation_id)
+       OR (coalesce(c.last_message_at, '0001-01-01 00:00:00+00'::timestamptz), c.conversation_id)
           < (CAST(:after_at AS timestamptz), CAST(:after_id AS uuid)))
-ORDER BY coalesce(c.last_message_at, '-infinity'::timestamptz) DESC, c.conversation_id DESC
+ORDER BY coalesce(c.last_message_at, '0001-01-01 00:00:00+00'::timestamptz) DESC, c.conversation_id DESC
 LIMIT :lim;
 
 -- name: intro_stats

@@ -28,7 +28,8 @@ from api.freshness import ResponseCache, ViewState
 from api.metrics import RESPONSE_CACHE
 
 Rows = list[dict[str, Any]]
-Fetch = Callable[[RequestDb], tuple[Rows, dict[str, Any]]]
+# A page's data: a list of rows, or one row (None: not found) for item pages.
+Fetch = Callable[[RequestDb], tuple[Any, dict[str, Any]]]
 
 
 def rows_of(result: Any) -> Rows:
@@ -39,7 +40,7 @@ def rows_of(result: Any) -> Rows:
 
 @dataclass(frozen=True)
 class Page:
-    data: Rows
+    data: Any  # list of rows, or one row / None
     meta: dict[str, Any]
     body: bytes  # the anonymous rendering, served as is on a hit
     created: float

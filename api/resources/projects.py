@@ -22,8 +22,9 @@ from api.auth import AUTH_PUBLIC, AUTH_USER, unauthorized
 from api.db import RequestDb
 from api.deps import Deps
 from api.errors import not_found
+from api.freshness import ResponseCache
 from api.pagination import decode_cursor, page_meta
-from api.resources.common import ViewPages, data_age_header, overlay_projects, rows_of, send, send_page
+from api.resources.common import ViewPages, data_age_header, overlay_projects, rows_of, send, send_json, send_page
 from api.spec import (
     AUTH,
     CommentCreate,
@@ -117,7 +118,8 @@ class ProjectResource:
 
     def __init__(self, deps: Deps) -> None:
         self._deps = deps
-        self._pages = ViewPages(deps)
+        # Its own LRU: one entry per project, which must not evict feed pages.
+        self._pages = ViewPages(deps, ResponseCache(max_entries=4096))
         self._reads = queries("api_reads")
 
     @api_spec.validate(resp=responses(ProjectDetailResponse, 404), tags=["projects"])
@@ -126,16 +128,18 @@ class ProjectResource:
         from its base row (meta.source = "live") instead of answering 404."""
         pid = str(project_id)
 
-        def fetch(db: RequestDb) -> tuple[list[dict], dict]:
-            return db.rows(self._reads["project_details"], {"project_id": pid}, prepared=True), {"source": "view"}
+        def fetch(db: RequestDb) -> tuple[dict | None, dict]:
+            rows = db.rows(self._reads["project_details"], {"project_id": pid}, prepared=True)
+            return (rows[0] if rows else None), {"source": "view"}
 
         page = self._pages.page(req, DETAILS_VIEW, pid, fetch)
-        if page.data:
+        if page.data is not None:
             data_age_header(self._deps, resp, page.state)
-            row = page.data[0]
-            if req.context.user is not None:
-                row = overlay_projects(self._deps, req, [row], page.state)[0]
-            send(resp, {"data": row, "meta": page.meta})
+            if req.context.user is None:
+                send_json(resp, page.body)
+            else:
+                row = overlay_projects(self._deps, req, [page.data], page.state)[0]
+                send(resp, {"data": row, "meta": page.meta})
             return
         db = req.context.db
         live = db.rows(self._reads["project_details_live"], {"project_id": pid}, prepared=True)

@@ -377,6 +377,16 @@ def run_arm(url: str, workload: str, arm: str, rnd: int, script_dir: Path, args:
     return result
 
 
+def hot_updates(url: str) -> str:
+    with raw_connection(url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_stat_clear_snapshot()")
+        cur.execute("SELECT relname, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = ANY(%s) "
+                    "ORDER BY relname", (["user_dashboard_stats", "message_conversations_denorm",
+                                          "intro_request_stats"],))
+        return ", ".join(f"{name} {hot:,}/{upd:,} ({100 * hot / upd if upd else 0:.0f}%)"
+                         for name, upd, hot in cur.fetchall())
+
+
 def truth_batch_ms(url: str) -> dict[str, float]:
     """Time each *_truth(keys) for 1000 keys, passed as a literal array as the reconciliation does."""
     timings = {}
@@ -493,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in conditions(url, where, scale, args):
             print(line)
         print(f"backfill (0011, whole tables, after the load): {backfill_s:.1f} s")
+        print("in-place updates of the main tables that were HOT (no index touched): " + hot_updates(url))
         print("truth for a batch of 1000 keys (reconciliation unit): "
               + ", ".join(f"{name} {ms:.0f} ms" for name, ms in truth_ms.items()))
         print()

@@ -99,6 +99,40 @@ class Series:
         return [t for ts in self.per_query.values() for t in ts]
 
 
+FORUM_SQL = """
+SELECT id, title, upvote_count, comment_count, trending_score
+FROM mv_chain_posts
+WHERE chain_id = (SELECT id FROM chains LIMIT 1)
+ORDER BY is_pinned DESC, trending_score DESC
+LIMIT 10
+"""
+PHASE3_VIEWS = ("mv_search_index", "mv_chain_posts", "mv_investors_directory")
+
+
+def forum_and_refresh_section(database_url: str, *, out: Callable[[str], None] = print) -> dict[str, float]:
+    """The guide's Step 3.3 forum query plan at this scale, and what a refresh of each phase 3 view costs.
+
+    The refreshes are REFRESH ... CONCURRENTLY with no data changed since the
+    last one (the base tables are not written): the full recompute and diff
+    that every refresh pays, the floor of the refresh cost.
+    """
+    timings: dict[str, float] = {}
+    with raw_connection(database_url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + FORUM_SQL)
+        plan = [r[0] for r in cur.fetchall()]
+        out("guide Step 3.3 forum query (verbatim), EXPLAIN ANALYZE:")
+        for line in plan:
+            if "Scan" in line or "Sort" in line or "Execution Time" in line:
+                out("    " + line.strip())
+        cur.execute("SET work_mem = '256MB'")  # what mv_refresh_run uses
+        for view in PHASE3_VIEWS:
+            started = time.perf_counter()
+            cur.execute(f"REFRESH MATERIALIZED VIEW CONCURRENTLY {view}")  # names from the constant above
+            timings[view] = (time.perf_counter() - started) * 1000
+            out(f"REFRESH MATERIALIZED VIEW CONCURRENTLY {view} (no change since the last): {timings[view]:,.0f} ms")
+    return timings
+
+
 def percentile(values: list[float], p: float) -> float:
     """Nearest-rank percentile (p in 0..100); honest for small samples (p99 of 20 = the max)."""
     if not values:
@@ -121,8 +155,9 @@ def _time_query(cur, sql: str, params: dict) -> tuple[float, int]:
 
 
 def _conditions(cur) -> list[str]:
-    cur.execute("SELECT version(), current_setting('shared_buffers'), current_setting('work_mem')")
-    version, shared_buffers, work_mem = cur.fetchone()
+    cur.execute("SELECT version(), current_setting('shared_buffers'), current_setting('work_mem'), "
+                "current_setting('jit')")
+    version, shared_buffers, work_mem, jit = cur.fetchone()
     cur.execute("SELECT kind, count(*) FROM mv_search_index GROUP BY kind ORDER BY kind")
     kinds = ", ".join(f"{k} {n:,}" for k, n in cur.fetchall())
     cur.execute("SELECT pg_size_pretty(pg_total_relation_size('mv_search_index'))")
@@ -131,7 +166,7 @@ def _conditions(cur) -> list[str]:
     projects, posts, users = cur.fetchone()
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     return [
-        f"server: {version.split(',')[0]}; shared_buffers {shared_buffers}; work_mem {work_mem}",
+        f"server: {version.split(',')[0]}; shared_buffers {shared_buffers}; work_mem {work_mem}; jit {jit}",
         f"client: Python {platform.python_version()} psycopg2 over TCP loopback, one connection, same host "
         f"({os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start)",
         f"data: {users:,} users, {projects:,} projects, {posts:,} chain posts; "
@@ -146,16 +181,22 @@ def search_section(
     repeats: int = 20,
     baseline_repeats: int = 5,
     queries: tuple[tuple[str, str], ...] = QUERIES,
+    jit: str | None = None,
     out: Callable[[str], None] = print,
 ) -> dict[str, dict[str, float]]:
     """Measure and print search latency; return {method: {p50, p99, mean, n}}.
 
     The "before" baseline runs fewer times (``baseline_repeats``) because each
     call can take seconds at bench scale; its p99 is then the max of few samples.
+    ``jit`` ('on'/'off') overrides the server's setting for this session: the
+    search plans' estimated costs cross jit_above_cost at bench scale, and JIT
+    compilation then adds ~15-20 ms to a query that runs in tens.
     """
     series = {name: Series(name) for name in AFTER}
     before = Series("before: ILIKE over base tables")
     with raw_connection(database_url, autocommit=True) as conn, conn.cursor() as cur:
+        if jit is not None:
+            cur.execute("SELECT set_config('jit', %s, false)", (jit,))
         for line in _conditions(cur):
             out(line)
         for _label, q in queries:
@@ -230,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", choices=["demo", "quick", "bench"], default="quick")
     parser.add_argument("--database-url", help="a migrated database (seeded at --scale if it has no users)")
     parser.add_argument("--repeats", type=int, default=None, help="calls per query per search function")
+    parser.add_argument("--jit", choices=["on", "off"], default=None, help="override the server's jit setting")
     args = parser.parse_args(argv)
     repeats = args.repeats or (20 if args.scale != "bench" else 10)
     baseline_repeats = 5 if args.scale != "bench" else 3
@@ -243,10 +285,12 @@ def main(argv: list[str] | None = None) -> int:
             from schema.seed import seed
 
             seed(args.database_url, args.scale, seed=42, out=lambda line: None)
-        search_section(args.database_url, repeats=repeats, baseline_repeats=baseline_repeats, out=out)
+        search_section(args.database_url, repeats=repeats, baseline_repeats=baseline_repeats, jit=args.jit, out=out)
+        forum_and_refresh_section(args.database_url, out=out)
         return 0
     with private_database(args.scale, out) as url:
-        search_section(url, repeats=repeats, baseline_repeats=baseline_repeats, out=out)
+        search_section(url, repeats=repeats, baseline_repeats=baseline_repeats, jit=args.jit, out=out)
+        forum_and_refresh_section(url, out=out)
     return 0
 
 

@@ -638,9 +638,9 @@ $$;
 -- Registry, dependencies, request triggers (0020's contract)
 -- ---------------------------------------------------------------------------
 -- Debounce / max wait (seconds): the forum is the most visible freshness, the
--- search index the most expensive refresh (a full to_tsvector of every row:
--- ~20 s at 500k projects on 2 cores), so it waits longer for writes to settle.
--- Every max wait stays well under the health check's one minute.
+-- search index the most expensive refresh (every title re-parsed, ~720k rows at
+-- bench scale), so it waits longer for writes to settle. Every max wait stays
+-- well under the health check's one minute.
 INSERT INTO mv_registry (view_name, debounce_seconds, max_wait_seconds, refresh_order, description) VALUES
     ('mv_chain_posts', 5, 30, 300, 'chain forum posts with counts and hot score (guide Step 3.3)'),
     ('mv_search_index', 15, 30, 310, 'one row per searchable thing, full-text and trigram indexed'),

@@ -607,6 +607,8 @@ class _Run:
         part.rows_checked += sum(1 for u in users if first[u] is not None)
         if not suspects:
             return
+        self.out(f"redis: {len(suspects)} set(s) differ from Postgres; confirming in "
+                 f"{self.options.redis_confirm_seconds:g} s (a write may be on its way to Redis)")
         time.sleep(self.options.redis_confirm_seconds)
         candidates = sorted(suspects)
         second = self._redis_sets(candidates)

@@ -3,11 +3,15 @@
 ``create_app`` builds the app from a ``Settings`` (default: the environment)
 and a ``Deps`` (default: connections made from those settings); tests pass
 their own. Routes that other parts of the product serve through this process
-(``/health``, ``/metrics``, ``/status``) come in through ``extra_routes``.
+(``/health``, ``/metrics``, ``/status``) come in through ``extra_routes``; when
+it is not given, a module ``monitoring.http`` with a function
+``routes(deps, settings) -> [(path, resource), ...]`` is used if it exists.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -17,6 +21,16 @@ from schema.settings import Settings
 
 RouteList = Iterable[tuple[str, Any]]
 ExtraRoutes = RouteList | Callable[[Any, Settings], RouteList] | None
+# The operations routes (/health, /metrics, /status), if that module exists.
+OPS_ROUTES_MODULE = "monitoring.http"
+
+
+def default_extra_routes() -> ExtraRoutes:
+    """``monitoring.http.routes`` when present. A module that exists but fails to
+    import raises (a broken /health must not silently disappear)."""
+    if importlib.util.find_spec(OPS_ROUTES_MODULE) is None:
+        return None
+    return importlib.import_module(OPS_ROUTES_MODULE).routes
 
 
 def create_app(settings: Settings | None = None, deps: Any = None, extra_routes: ExtraRoutes = None) -> falcon.App:
@@ -61,6 +75,8 @@ def create_app(settings: Settings | None = None, deps: Any = None, extra_routes:
     app.add_route("/api/investors", InvestorsResource(deps))
     app.add_route("/api/admin/refresh/{view_name}", RefreshResource(deps))
 
+    if extra_routes is None:
+        extra_routes = default_extra_routes()
     routes = extra_routes(deps, settings) if callable(extra_routes) else (extra_routes or ())
     for path, resource in routes:
         app.add_route(path, resource)

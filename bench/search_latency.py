@@ -42,7 +42,7 @@ QUERIES: tuple[tuple[str, str], ...] = (
     ("typo", "blokchain"),
     ("typo", "marketplce"),
     ("prefix", "marketpl"),
-    ("rare word", "postmortem"),
+    ("rare word", "nairobi"),
     ("absent word", "zyxwvutsrq"),
 )
 

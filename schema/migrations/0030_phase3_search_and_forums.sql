@@ -171,7 +171,7 @@ JOIN users u ON u.id = i.user_id AND NOT u.is_deleted
 LEFT JOIN (SELECT investor_id, count(*) AS n FROM intro_requests
            WHERE NOT is_deleted AND status <> 'withdrawn' GROUP BY investor_id) r ON r.investor_id = i.id
 WHERE NOT i.is_deleted
-WITH DATA;
+WITH NO DATA;
 
 -- CONCURRENTLY needs a unique index on plain columns without WHERE.
 CREATE UNIQUE INDEX IF NOT EXISTS mv_search_index_kind_id ON mv_search_index (kind, id);
@@ -240,7 +240,7 @@ JOIN users u ON u.id = cp.user_id AND NOT u.is_deleted
 LEFT JOIN post_votes v ON v.post_id = cp.id
 LEFT JOIN post_comment_stats cs ON cs.post_id = cp.id
 WHERE NOT cp.is_deleted
-WITH DATA;
+WITH NO DATA;
 
 CREATE UNIQUE INDEX IF NOT EXISTS mv_chain_posts_id ON mv_chain_posts (id);
 -- The forum page (guide Step 3.3): WHERE chain_id = ? ORDER BY is_pinned DESC,
@@ -293,7 +293,7 @@ FROM investors i
 JOIN users u ON u.id = i.user_id AND NOT u.is_deleted
 LEFT JOIN intro_counts r ON r.investor_id = i.id
 WHERE NOT i.is_deleted
-WITH DATA;
+WITH NO DATA;
 
 CREATE UNIQUE INDEX IF NOT EXISTS mv_investors_directory_id ON mv_investors_directory (id);
 CREATE INDEX IF NOT EXISTS mv_investors_directory_name ON mv_investors_directory (name, id);
@@ -676,6 +676,24 @@ BEGIN
     PERFORM mv_install_request_trigger(t)
     FROM (SELECT DISTINCT table_name AS t FROM mv_dependencies
           WHERE view_name IN ('mv_chain_posts', 'mv_search_index', 'mv_investors_directory')) d;
+END
+$$;
+
+-- Populate the views created above (created WITH NO DATA, so psql reports
+-- CREATE MATERIALIZED VIEW as the guide's Step 3.1 shows, and each index is
+-- built once from the full view). A view that is already populated (this file
+-- run again by hand) is left alone: a plain REFRESH would lock out readers.
+DO $$
+BEGIN
+    IF NOT (SELECT relispopulated FROM pg_class WHERE oid = 'mv_search_index'::regclass) THEN
+        REFRESH MATERIALIZED VIEW mv_search_index;
+    END IF;
+    IF NOT (SELECT relispopulated FROM pg_class WHERE oid = 'mv_chain_posts'::regclass) THEN
+        REFRESH MATERIALIZED VIEW mv_chain_posts;
+    END IF;
+    IF NOT (SELECT relispopulated FROM pg_class WHERE oid = 'mv_investors_directory'::regclass) THEN
+        REFRESH MATERIALIZED VIEW mv_investors_directory;
+    END IF;
 END
 $$;
 

@@ -341,13 +341,12 @@ def test_redis_difference_from_a_write_in_flight_is_not_reported(
 
 # -- fixes under concurrency ---------------------------------------------------------
 
-def wait_for_lock_wait(engine: sa.Engine, lock_class: int) -> None:
-    """Until a backend (the fix: nothing else runs here) waits for a row lock of this class."""
+def wait_for_lock_wait(engine: sa.Engine) -> None:
+    """Until a backend of this database (the fix: nothing else runs here) waits for a lock."""
     wait_until(lambda: scalar(engine, """
-        SELECT count(*) FROM pg_locks l
-        WHERE l.locktype = 'advisory' AND NOT l.granted AND l.classid = :c
-          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())""", c=lock_class),
-        20, what="the fix to wait for the row lock")
+        SELECT count(*) FROM pg_stat_activity
+        WHERE datname = current_database() AND wait_event_type = 'Lock'"""),
+        20, what="the fix to wait for the writer's lock")
 
 
 def test_fix_waits_for_an_in_flight_writer_and_writes_the_value_after_its_commit(
@@ -373,7 +372,7 @@ def test_fix_waits_for_an_in_flight_writer_and_writes_the_value_after_its_commit
         t = threading.Thread(target=lambda: box.setdefault(
             "r", reconcile(engine, None, out, tables=("user_dashboard_stats",))))
         t.start()
-        wait_for_lock_wait(engine, 731001)
+        wait_for_lock_wait(engine)
         writer.commit()
         t.join(30)
     finally:

@@ -13,7 +13,9 @@ import logging
 import sys
 from typing import Any
 
-from schema.db import DatabaseUnavailable
+import sqlalchemy as sa
+
+from schema.db import DatabaseUnavailable, unreachable_message
 from schema.settings import Settings, SettingsError
 from tasks.celery import app
 from tasks.reconciliation import (
@@ -130,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     except DatabaseUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except sa.exc.OperationalError as exc:  # before a run existed: Postgres unreachable
+        print(f"error: {unreachable_message(settings.database_url, exc)}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:  # connecting failed before a run existed (e.g. Postgres down)
         print(f"error: reconciliation could not start: {type(exc).__name__}: {_first_line(exc)}", file=sys.stderr)

@@ -90,6 +90,7 @@ _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f
 # Postgres errors a fix may hit beside concurrent writers; retried.
 _RETRYABLE_PGCODES = {"40P01", "55P03", "40001"}  # deadlock, lock_not_available, serialization
 FIX_ATTEMPTS = 3
+FIX_CHUNK = 200  # keys repaired per transaction
 
 # Exit codes of python -m tasks.reconcile (also in ReconcileResult.exit_code).
 EXIT_CLEAN = 0
@@ -268,6 +269,11 @@ def _db_value(value: Any) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -508,13 +514,16 @@ class _Run:
         extra = sorted({f.key for f in findings if f.column == ROW and f.truth == ABSENT})
         present = sorted({f.key for f in findings} - set(extra))
         errors: list[str] = []
-        if present:
+        # Chunks: each key's row lock is an entry in Postgres' shared lock table
+        # (64 x max_connections by default), which the fold also fills; a whole
+        # drifted batch in one transaction could run it out.
+        for chunk in _chunks(present, FIX_CHUNK):
             # rebuild_<table> locks the keys, then recomputes in a new snapshot: see the module docstring.
-            errors += self._fix_statements(work, [(self.truth_q[f"{spec.name}_rebuild"], present)])
-        if extra:
-            # Separate transaction: each one takes its keys' locks in one sorted pass (no lock-order cycles).
-            errors += self._fix_statements(work, [(self.q[f"{spec.name}_lock_keys"], extra),
-                                                  (self.q[f"{spec.name}_delete_extra"], extra)])
+            errors += self._fix_statements(work, [(self.truth_q[f"{spec.name}_rebuild"], chunk)])
+        for chunk in _chunks(extra, FIX_CHUNK):
+            # Own transactions: each takes its keys' locks in one sorted pass (no lock-order cycles).
+            errors += self._fix_statements(work, [(self.q[f"{spec.name}_lock_keys"], chunk),
+                                                  (self.q[f"{spec.name}_delete_extra"], chunk)])
         truth, stored = self._snapshot(work, spec, present + extra)
         remaining = {f.key for f in diff_rows(spec, present + extra, truth, stored)}
         for f in findings:

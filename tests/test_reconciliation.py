@@ -40,6 +40,7 @@ from tasks.celery import create_app
 from tasks.reconciliation import (
     ABSENT,
     EXIT_CLEAN,
+    EXIT_FAILED,
     EXIT_INCOMPLETE,
     EXIT_REFUSED,
     EXIT_UNFIXED,
@@ -515,6 +516,18 @@ def test_under_concurrent_writes_on_hot_keys_only_real_drift_is_found_and_fixed(
     assert (final.found, final.exit_code) == (0, EXIT_CLEAN)
 
 
+def test_mass_drift_every_row_missing_is_found_and_rebuilt(db: str, engine: sa.Engine) -> None:
+    """An operator's mistake (rows deleted wholesale) is found row by row and repaired in chunks."""
+    users = scalar(engine, "SELECT count(*) FROM users")
+    execute(db, "DELETE FROM user_dashboard_stats")
+    out = Lines()
+    result = reconcile(engine, None, out, tables=("user_dashboard_stats",))
+    assert (result.found, result.fixed, result.exit_code) == (users, users, EXIT_CLEAN)
+    assert all(f"column={ROW} stored={ABSENT} true={PRESENT}" in x for x in out.found())
+    assert scalar(engine, "SELECT count(*) FROM user_dashboard_stats") == users
+    assert live_differs_from_truth(engine) == {}
+
+
 # -- one run at a time -------------------------------------------------------------
 
 def test_a_second_run_refuses_while_one_is_running(db: str, engine: sa.Engine, rclient: redis_lib.Redis,
@@ -623,6 +636,9 @@ def test_cli_reports_with_no_auto_fix_fixes_without_and_rejects_a_bogus_table(
 
     unset = cli({k: v for k, v in env.items() if k != "DATABASE_URL"})
     assert unset.returncode == EXIT_USAGE and "DATABASE_URL" in unset.stderr
+    down = cli({**env, "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"})
+    assert down.returncode == EXIT_FAILED and down.stdout == ""
+    assert len(down.stderr.strip().splitlines()) == 1 and "cannot connect to PostgreSQL" in down.stderr
 
 
 def test_cli_progress_lines_at_small_batches(db: str, redis_url: str, redis_client: redis_lib.Redis) -> None:

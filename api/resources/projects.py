@@ -24,7 +24,7 @@ from api.deps import Deps
 from api.errors import not_found
 from api.freshness import ResponseCache
 from api.pagination import decode_cursor, page_meta
-from api.resources.common import ViewPages, data_age_header, overlay_projects, rows_of, send, send_json, send_page
+from api.resources.common import ViewPages, rows_of, send, send_page
 from api.spec import (
     AUTH,
     CommentCreate,
@@ -134,12 +134,7 @@ class ProjectResource:
 
         page = self._pages.page(req, DETAILS_VIEW, pid, fetch)
         if page.data is not None:
-            data_age_header(self._deps, resp, page.state)
-            if req.context.user is None:
-                send_json(resp, page.body)
-            else:
-                row = overlay_projects(self._deps, req, [page.data], page.state)[0]
-                send(resp, {"data": row, "meta": page.meta})
+            send_page(self._deps, req, resp, page, user_overlay=True)
             return
         db = req.context.db
         live = db.rows(self._reads["project_details_live"], {"project_id": pid}, prepared=True)

@@ -337,6 +337,7 @@ class _Run:
         self.result = ReconcileResult("running", options.auto_fix, tuple(options.tables))
         self.started = time.monotonic()
         self.lock_conn: Connection | None = None
+        self.current: PartSummary | None = None  # the part being checked
 
     # -- the run ----------------------------------------------------------------
     def run(self) -> ReconcileResult:
@@ -395,6 +396,11 @@ class _Run:
                          + (f" unsettled={summary.unsettled}" if summary.unsettled else "")
                          + (f" error={format_value(summary.error)}" if summary.error else ""))
         except BaseException as exc:  # includes Celery's soft time limit and Ctrl-C: record, then re-raise
+            if self.current is not None and self.current.part not in self.result.parts:
+                # Count what the interrupted part found before it stopped (its findings are recorded).
+                self.current.status, self.current.error = "failed", _first_line(exc)
+                self.result.parts[self.current.part] = self.current
+                self._add_totals()
             self.result.status = "failed"
             self.result.detail = f"{type(exc).__name__}: {_first_line(exc)}"
             self._finish()
@@ -461,7 +467,7 @@ class _Run:
 
     # -- Phase 1 tables --------------------------------------------------------
     def _check_table(self, spec: TableSpec) -> PartSummary:
-        part = PartSummary(spec.name)
+        part = self.current = PartSummary(spec.name)
         started = time.monotonic()
         with self.engine.connect() as work:
             for keys in self._key_batches(work, spec):
@@ -556,7 +562,7 @@ class _Run:
 
     # -- Redis user cache ------------------------------------------------------
     def _check_redis(self) -> PartSummary:
-        part = PartSummary(REDIS_PART)
+        part = self.current = PartSummary(REDIS_PART)
         started = time.monotonic()
         if self.redis is None:
             part.status, part.error = "unavailable", "no Redis client (REDIS_URL)"

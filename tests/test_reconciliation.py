@@ -53,6 +53,7 @@ from tasks.reconciliation import (
     TABLES,
     ReconcileOptions,
     ReconcileResult,
+    ReconciliationFailed,
     UnknownPart,
     format_value,
     parse_parts,
@@ -581,6 +582,17 @@ def test_a_killed_run_is_marked_abandoned_by_the_next(db: str, engine: sa.Engine
     old = run_row(engine, killed_id)
     assert old["status"] == "abandoned" and old["finished_at"] is not None
     assert f"marked by run {result.run_id}" in old["error"]
+
+
+def test_a_failing_run_is_recorded_failed_and_releases_the_lock(engine: sa.Engine) -> None:
+    with pytest.raises(ReconciliationFailed) as failed:
+        # A 1 ms statement budget: the first batch's truth query is cancelled.
+        reconcile(engine, None, tables=("user_dashboard_stats",), statement_timeout_ms=1)
+    row = run_row(engine, failed.value.result.run_id)
+    assert row["status"] == "failed" and row["finished_at"] is not None
+    assert "statement timeout" in row["error"]
+    assert failed.value.result.exit_code == EXIT_FAILED
+    assert reconcile(engine, None, tables=("user_dashboard_stats",)).status == "completed"
 
 
 # -- Redis unavailable ---------------------------------------------------------------

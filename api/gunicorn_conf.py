@@ -1,29 +1,34 @@
 """gunicorn settings for the API: ``gunicorn -c api/gunicorn_conf.py 'api:create_app()'``.
 
-Read from the same environment as the app (schema.settings), so
-``API_HOST``/``API_PORT``/``GUNICORN_WORKERS``/``GUNICORN_THREADS``/
-``GUNICORN_TIMEOUT`` set everything. Choices and why:
+Everything comes from the one settings object (schema/settings.py), i.e. the
+environment: ``API_HOST``/``API_PORT`` (bind), ``GUNICORN_WORKERS``,
+``GUNICORN_THREADS``, ``GUNICORN_TIMEOUT``, ``GUNICORN_WORKER_CLASS``. One-off
+overrides use gunicorn's own ``GUNICORN_CMD_ARGS`` (e.g. ``--log-level warning
+--access-logfile -``), which gunicorn applies on top of this file.
+
+Choices and why:
 
 * ``preload_app = False``: each worker imports the app after fork, so the
-  SQLAlchemy pool, the Redis pool and the Celery producer are per process and
+  Postgres pools, the Redis pool and the Celery producer are per process and
   no socket is ever shared across a fork.
-* worker class: ``GUNICORN_WORKER_CLASS`` (default ``gthread`` with
-  ``GUNICORN_THREADS`` threads). ``bench/api_load.py`` measures sync against
-  gthread on this machine; see its output for the figures behind the default.
+* worker class: ``gthread`` by default, ``sync`` selectable. bench/api_load.py
+  measures both on the same run (see its output / api/README.md): with the
+  page cache most reads are CPU-bound and the two are close; gthread keeps
+  keep-alive connections and overlaps Postgres/Redis waits inside a process.
 * the control socket is off: gunicorn >= 25.1 opens ``~/.gunicorn/gunicorn.ctl``
   by default and two instances of one user (tests, benchmarks, make up)
   fight over it (STACK.md).
+* no access log by default: at thousands of requests per second it costs a
+  noticeable share of the CPU (turn it on with ``--access-logfile -``).
 """
-
-import os
 
 from schema.settings import Settings
 
 _settings = Settings.from_env()
 
-bind = os.environ.get("GUNICORN_BIND") or f"{_settings.api_host}:{_settings.api_port}"
+bind = f"{_settings.api_host}:{_settings.api_port}"
 workers = _settings.gunicorn_workers
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
+worker_class = _settings.gunicorn_worker_class
 threads = _settings.gunicorn_threads if worker_class == "gthread" else 1
 timeout = _settings.gunicorn_timeout
 graceful_timeout = 10
@@ -34,7 +39,6 @@ control_socket_disable = True
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 8190
-accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None  # off unless asked: it costs at high req/s
 errorlog = "-"
-loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+loglevel = "info"
 proc_name = "discovery-api"

@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
 
         env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": redis.url(0), "JWT_SECRET": SECRET,
                "APP_ENV": "production", "API_HOST": "127.0.0.1", "GUNICORN_WORKERS": str(args.workers),
-               "GUNICORN_THREADS": str(args.threads), "GUNICORN_LOG_LEVEL": "warning",
+               "GUNICORN_THREADS": str(args.threads), "GUNICORN_CMD_ARGS": "--log-level warning",
                "PYTHONPATH": str(ROOT), "DB_POOL_SIZE": str(max(args.threads, 2))}
         hello_paths = write_lines(work / "hello.txt", ["/hello"])
         endpoints = [e for e in args.endpoints.split(",") if e]

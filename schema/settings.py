@@ -75,6 +75,7 @@ class Settings:
     gunicorn_workers: int = 2  # GUNICORN_WORKERS
     gunicorn_threads: int = 4  # GUNICORN_THREADS
     gunicorn_timeout: int = 30  # GUNICORN_TIMEOUT (seconds)
+    gunicorn_worker_class: str = "gthread"  # GUNICORN_WORKER_CLASS: gthread | sync (api/gunicorn_conf.py)
     db_pool_size: int = 8  # DB_POOL_SIZE (per API process)
     db_statement_timeout_ms: int = 5000  # DB_STATEMENT_TIMEOUT_MS for API reads
     refresh_lock_ttl: float = 60.0  # REFRESH_LOCK_TTL seconds, renewed while a refresh runs
@@ -115,6 +116,7 @@ class Settings:
             gunicorn_workers=_int(env, "GUNICORN_WORKERS", 2, 1),
             gunicorn_threads=_int(env, "GUNICORN_THREADS", 4, 1),
             gunicorn_timeout=_int(env, "GUNICORN_TIMEOUT", 30, 1),
+            gunicorn_worker_class=(env.get("GUNICORN_WORKER_CLASS", "") or "gthread").strip().lower(),
             db_pool_size=_int(env, "DB_POOL_SIZE", 8, 1),
             db_statement_timeout_ms=_int(env, "DB_STATEMENT_TIMEOUT_MS", 5000, 0),
             refresh_lock_ttl=_float(env, "REFRESH_LOCK_TTL", 60.0),
@@ -131,6 +133,8 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        if self.gunicorn_worker_class not in {"gthread", "sync"}:
+            raise SettingsError(f"GUNICORN_WORKER_CLASS={self.gunicorn_worker_class!r} must be gthread or sync")
         if self.app_env not in {"development", "production", "test"}:
             raise SettingsError(f"APP_ENV={self.app_env!r} must be development, production or test")
         if self.app_env == "production" and self.jwt_secret == DEFAULT_JWT_SECRET:

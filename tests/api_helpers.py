@@ -143,7 +143,7 @@ class Gunicorn:
             "GUNICORN_WORKERS": str(workers),
             "GUNICORN_THREADS": str(threads),
             "GUNICORN_WORKER_CLASS": worker_class,
-            "GUNICORN_LOG_LEVEL": "warning",
+            "GUNICORN_CMD_ARGS": "--log-level warning",
             "PYTHONPATH": str(ROOT),
             **(extra_env or {}),
         }

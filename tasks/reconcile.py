@@ -50,7 +50,9 @@ HARD_TIME_LIMIT = SOFT_TIME_LIMIT + 300
 # timeout (celery #5306), which is shorter than a long run; a lost nightly run
 # is simply retried the next night, and a duplicate would be refused by the
 # run lock anyway.
-@app.task(name=RECONCILE, acks_late=False, soft_time_limit=SOFT_TIME_LIMIT, time_limit=HARD_TIME_LIMIT)
+# throws: an unknown table name is a refusal, logged without a traceback.
+@app.task(name=RECONCILE, acks_late=False, soft_time_limit=SOFT_TIME_LIMIT, time_limit=HARD_TIME_LIMIT,
+          throws=(UnknownPart,))
 def reconcile(auto_fix: bool = True, tables: list[str] | None = None) -> dict[str, Any]:
     """Run the reconciliation; the result dict has run_id, status, found, fixed, unfixed, parts.
 
@@ -78,6 +80,7 @@ every few batches, a "checked table=..." line per table and a final
   SUMMARY run=<id> status=<s> auto_fix=<b> rows_checked=<n> found=<n> fixed=<n> unfixed=<n> seconds=<s>
 Every run is recorded in reconciliation_runs, every discrepancy in reconciliation_findings.
 Patterns over many nights:  grep FOUND reconciliation.log | cut -d' ' -f2,4 | sort | uniq -c
+(The Celery task logs the same lines at INFO behind the worker's log prefix: grep -o 'FOUND .*'.)
 
 Exit status:
   {EXIT_CLEAN}  nothing unfixed remains (no discrepancy, or all fixed)

@@ -681,6 +681,9 @@ def test_celery_task_runs_in_a_maintenance_worker(db: str, engine: sa.Engine, re
         row = run_row(engine, report["run_id"])
         assert (row["source"], row["auto_fix"], row["tables"], row["status"]) == \
             ("celery", False, ["intro_request_stats"], "completed")
+        assert f"FOUND table=intro_request_stats key={user} column=received_pending" in worker.log_tail(200)
+        with pytest.raises(UnknownPart):
+            app.send_task(RECONCILE, kwargs={"tables": ["bogus"]}).get(timeout=60)
         fixed = app.send_task(RECONCILE).get(timeout=120)
         assert (fixed["status"], fixed["found"], fixed["fixed"]) == ("completed", 1, 1)
         assert run_row(engine, fixed["run_id"])["tables"] == list(PARTS)

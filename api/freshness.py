@@ -15,6 +15,7 @@ between makes the stored page newer than its key, never older).
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -27,6 +28,8 @@ from sqlalchemy.engine import Engine
 from schema.db import queries
 
 DEFAULT_MEMO_TTL = 0.5
+RETRY_AFTER_FAILURE = 1.0
+log = logging.getLogger("api.freshness")
 
 
 @dataclass(frozen=True)
@@ -72,11 +75,24 @@ class ViewFreshness:
 
     def state(self, view: str) -> ViewState:
         """The view's state, at most ``ttl`` seconds old (one indexed query per
-        process per ``ttl``, whatever the request rate)."""
+        process per ``ttl``, whatever the request rate).
+
+        If Postgres cannot be asked, the last known states stay in use and the
+        next attempt waits ``RETRY_AFTER_FAILURE``: a view cannot be refreshed
+        while its database is unreachable either, so cached pages of the last
+        known generation are still the view's contents (their X-Data-Age keeps
+        growing and says so). With nothing known yet, the error propagates (503).
+        """
         if time.monotonic() - self._loaded_at > self._ttl:
             with self._lock:
                 if time.monotonic() - self._loaded_at > self._ttl:
-                    self._load()
+                    try:
+                        self._load()
+                    except Exception:
+                        if not self._states:
+                            raise
+                        log.warning("could not re-read view generations; using the last known ones")
+                        self._loaded_at = time.monotonic() - self._ttl + RETRY_AFTER_FAILURE
         return self._states.get(view) or ViewState(view, 0, 0, None)
 
     def known_views(self) -> list[str]:

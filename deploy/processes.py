@@ -37,9 +37,11 @@ def processes(settings: Settings, run_dir: str = ".run") -> list[Process]:
             ("celery", "-A", "tasks", "worker", "-Q", "refresh", "-n", "refresh@%h", "-c", "2",
              "--without-gossip", "--without-mingle", "-l", "INFO"),
         ))
+    # Two children: a nightly reconciliation (hours at scale) holds one, the
+    # sweep (which also folds Phase 1 delta rows) keeps the other.
     procs.append(Process(
         "worker-default",
-        ("celery", "-A", "tasks", "worker", "-Q", "default,maintenance", "-n", "default@%h", "-c", "1",
+        ("celery", "-A", "tasks", "worker", "-Q", "default,maintenance", "-n", "default@%h", "-c", "2",
          "--without-gossip", "--without-mingle", "-l", "INFO"),
     ))
     procs.append(Process(

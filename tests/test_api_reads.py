@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
-from api_helpers import api_client, bearer, refresh_all, token_for
+from api_helpers import api_client, bearer, refresh_all, token_for, wait_for
 
 from schema.db import make_engine
 
@@ -239,7 +239,7 @@ def test_search_takes_any_text_without_error(client, q):
 
 
 def test_freshness_comes_from_the_refresh_log(client, engine, demo_database_url):
-    # A logged refresh (the guide's SQL fallback) gives the view a generation.
+    # A logged refresh (the guide's SQL fallback) gives the view a new generation.
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE projects SET updated_at = now() WHERE id = (SELECT id FROM projects LIMIT 1)"))
     refresh_all(engine)
@@ -249,13 +249,10 @@ def test_freshness_comes_from_the_refresh_log(client, engine, demo_database_url)
 
     def fresh():
         r = client.simulate_get("/api/projects", params={"limit": 1})
-        # The seed logs its own refreshes, so wait for this refresh, not just any.
         return r if r.json["meta"]["as_of"] == completed.isoformat() else None
 
-    from api_helpers import wait_for
-
+    # The per-process generation memo is re-read at most every 0.5 s.
     r = wait_for(fresh, timeout=5, what="the memo to see the new refresh")
-    assert r.json["meta"]["as_of"] == completed.isoformat()
     age = int(r.headers["X-Data-Age"])
     assert 0 <= age <= 5
 

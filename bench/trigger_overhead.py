@@ -16,7 +16,10 @@ triggers stay on), ``on`` (as shipped: in-place update, delta row when the
 row is busy) and, with ``--naive``, ``naive`` (the same triggers with the
 delta path switched off: every change updates the main row, the textbook
 trigger-kept counter). A fold runs every 2 s in every arm, as the refresh
-sweep does in production. After an ``on``/``naive`` arm the tables are
+sweep does in production. ``--segment S`` splits every arm into S-second
+pieces run in turn (the order flips every piece and every round), for a
+machine whose load from other work drifts over minutes; the default runs each
+arm whole. After an ``on``/``naive`` arm the tables are
 folded and compared with the truth recomputed from the base tables (every
 row of all three tables); after an ``off`` arm the backfill resynchronises
 them (outside the timed window).
@@ -349,7 +352,9 @@ def pgbench(url: str, script_dir: Path, scale: Scale, clients: int, duration: in
     return tps, lat, text
 
 
-def run_arm(url: str, workload: str, arm: str, rnd: int, script_dir: Path, args: argparse.Namespace) -> ArmResult:
+def run_segment(url: str, arm: str, seconds: int, script_dir: Path, args: argparse.Namespace,
+                verify: bool) -> ArmResult:
+    """One pgbench run of ``seconds`` in one arm; afterwards the tables are made exact again."""
     set_triggers(url, arm != "off")
     if arm != "off":
         set_naive(url, arm == "naive")
@@ -358,12 +363,12 @@ def run_arm(url: str, workload: str, arm: str, rnd: int, script_dir: Path, args:
     folder = Folder(url)
     folder.start()
     try:
-        tps, lat, _ = pgbench(url, script_dir, SCALES[args.scale], args.clients, args.duration)
+        tps, lat, _ = pgbench(url, script_dir, SCALES[args.scale], args.clients, seconds)
     finally:
         folder.stop.set()
         folder.join()
     after = inserted_counts(url)
-    result = ArmResult(workload, arm, rnd, tps, lat, {t: after.get(t, 0) - before.get(t, 0) for t in WRITE_TABLES},
+    result = ArmResult("", arm, 0, tps, lat, {t: after.get(t, 0) - before.get(t, 0) for t in WRITE_TABLES},
                        folded=folder.folded)
     if arm == "off":
         run_sql(url, backfill_sql())  # the off arm's writes bypassed the triggers: resync
@@ -371,10 +376,36 @@ def run_arm(url: str, workload: str, arm: str, rnd: int, script_dir: Path, args:
         result.deltas_left = int(scalar(url, "SELECT sum(pending_deltas) FROM denorm_delta_backlog"))
         while int(scalar(url, "SELECT fold_denorm_deltas()")) > 0:
             pass
-        if args.verify:
+        if verify:
             result.mismatches = mismatches(url)
         set_naive(url, False)
     return result
+
+
+def run_round(url: str, workload: str, rnd: int, arms: list[str], script_dir: Path,
+              args: argparse.Namespace) -> list[ArmResult]:
+    """Every arm for ``args.duration`` seconds, split into segments of ``args.segment`` seconds
+    (0: one piece) run in turn, order reversed every other round and every other segment, so
+    that load drifting over minutes hits each arm alike."""
+    pieces = max(1, args.duration // args.segment) if args.segment else 1
+    seconds = args.duration // pieces
+    order = arms if rnd % 2 else list(reversed(arms))
+    totals: dict[str, ArmResult] = {}
+    for k in range(pieces):
+        for arm in order if k % 2 == 0 else list(reversed(order)):
+            last = k == pieces - 1
+            seg = run_segment(url, arm, seconds, script_dir, args,
+                              verify=args.verify == "each" or (args.verify == "last" and last))
+            t = totals.setdefault(arm, ArmResult(workload, arm, rnd, 0.0, 0.0, dict.fromkeys(WRITE_TABLES, 0)))
+            t.tps += seg.tps / pieces  # equal-length pieces: the mean is the arm's writes/s
+            t.latency_ms += seg.latency_ms / pieces
+            t.inserted = {name: t.inserted[name] + seg.inserted[name] for name in WRITE_TABLES}
+            t.folded += seg.folded + seg.deltas_left
+            if seg.mismatches is not None:
+                t.mismatches = (t.mismatches or 0) + seg.mismatches
+    for arm in order:
+        print(f"  {workload} round {rnd} {arm}: {totals[arm].tps:.0f} writes/s", flush=True)
+    return [totals[arm] for arm in order]
 
 
 def hot_updates(url: str) -> str:
@@ -396,14 +427,17 @@ def truth_batch_ms(url: str) -> dict[str, float]:
         cur.execute("SELECT id::text FROM conversations ORDER BY id LIMIT 1000 OFFSET 500")
         conversations = [r[0] for r in cur.fetchall()]
         for name, sql, ids in (
-            ("user_dashboard_stats", "SELECT count(*) FROM user_dashboard_stats_truth(%s::uuid[])", users),
-            ("message_conversations_denorm", "SELECT count(*) FROM message_conversations_denorm_truth(%s::uuid[])",
+            # Whole rows: count(*) would let the planner drop the joined aggregates.
+            ("user_dashboard_stats", "SELECT * FROM user_dashboard_stats_truth(%s::uuid[])", users),
+            ("message_conversations_denorm", "SELECT * FROM message_conversations_denorm_truth(%s::uuid[])",
              conversations),
-            ("intro_request_stats", "SELECT count(*) FROM intro_request_stats_truth(%s::uuid[])", users),
+            ("intro_request_stats", "SELECT * FROM intro_request_stats_truth(%s::uuid[])", users),
         ):
             cur.execute(sql, (ids,))  # warm
+            cur.fetchall()
             started = time.monotonic()
             cur.execute(sql, (ids,))
+            assert len(cur.fetchall()) == len(ids)
             timings[name] = (time.monotonic() - started) * 1000
     return timings
 
@@ -422,8 +456,11 @@ def conditions(url: str, where: str, s: Scale, args: argparse.Namespace) -> list
         f"database: {where}",
         f"rows after load: {rows}",
         f"clients: {args.clients} (pgbench -j {min(args.clients, os.cpu_count() or 2)}), {args.duration} s per arm, "
-        f"{args.rounds} rounds, arm order alternates per round; CPUs: {os.cpu_count()} (shared with pgbench itself "
-        "and anything else running on the machine)",
+        f"{args.rounds} rounds, arm order alternates per round"
+        + (f", each arm in {max(1, args.duration // args.segment)} interleaved pieces of "
+           f"{args.duration // max(1, args.duration // args.segment)} s" if args.segment else ", whole arms")
+        + f"; CPUs: {os.cpu_count()} (shared with pgbench itself and anything else running on the machine)",
+        f"exactness check (every row of the three tables vs the truth, after folding): {args.verify}",
         "each transaction: one of upvote toggle / comment insert / message insert (equal weights)",
         "postgres: " + ", ".join(settings),
     ]
@@ -431,8 +468,8 @@ def conditions(url: str, where: str, s: Scale, args: argparse.Namespace) -> list
 
 def report(results: list[ArmResult], arms: list[str]) -> list[str]:
     lines = []
-    header = f"{'workload':8} {'round':>5} {'arm':6} {'writes/s':>9} {'lat ms':>7} {'rows written (upv/com/msg)':>28} " \
-             f"{'deltas':>7} {'exact':>6}"
+    header = (f"{'workload':8} {'round':>5} {'arm':6} {'writes/s':>9} {'lat ms':>7} {'rows written (upv/com/msg)':>28} "
+              f"{'deltas':>7} {'exact':>6}")
     lines.append(header)
     for r in results:
         rows = "/".join(str(r.inserted[t]) for t in WRITE_TABLES)
@@ -465,10 +502,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workloads", default="spread,hot")
     parser.add_argument("--naive", action="store_true", help="add a third arm: triggers without the delta path")
-    parser.add_argument("--no-verify", dest="verify", action="store_false",
-                        help="skip the full truth comparison after each arm")
+    parser.add_argument("--segment", type=int, default=0,
+                        help="split each arm into interleaved pieces of this many seconds (0: whole arms, "
+                             "the issue's protocol); use on a machine whose load drifts")
+    parser.add_argument("--verify", choices=("each", "last", "none"), default=None,
+                        help="compare every row with the truth after each on/naive piece, only after an arm's "
+                             "last piece, or never (default: each at quick scale, last at bench scale)")
     args = parser.parse_args(argv)
     args.duration = args.duration or (20 if args.scale == "bench" else 15)
+    args.verify = args.verify or ("last" if args.scale == "bench" else "each")
     scale = SCALES[args.scale]
     arms = ["off", "on"] + (["naive"] if args.naive else [])
     admin_url = os.environ.get("DATABASE_URL") or None
@@ -494,11 +536,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, text in SCRIPTS.items():
                 (script_dir / f"{name}.sql").write_text(text.replace("{target}", TARGETS[workload][name]))
             for rnd in range(1, args.rounds + 1):
-                order = arms if rnd % 2 else list(reversed(arms))
-                for arm in order:
-                    r = run_arm(url, workload, arm, rnd, script_dir, args)
-                    results.append(r)
-                    print(f"  {workload} round {rnd} {arm}: {r.tps:.0f} writes/s", flush=True)
+                results += run_round(url, workload, rnd, arms, script_dir, args)
         print()
         for line in conditions(url, where, scale, args):
             print(line)

@@ -224,7 +224,15 @@ class RedisUserCache:
         with self._dirty_lock:
             users, self._dirty = self._dirty, set()
         try:
-            self._redis.delete(*[k for u in users for k in user_keys(u)[:2]])
+            # Also bump each epoch: a rebuild that read the old epoch before the
+            # missed change committed must not install its snapshot afterwards.
+            pipe = self._redis.pipeline(transaction=True)
+            for u in users:
+                s_key, c_key, _t, e_key = user_keys(u)
+                pipe.delete(s_key, c_key)
+                pipe.incr(e_key)
+                pipe.expire(e_key, self._ttl)
+            pipe.execute()
         except redis_lib.RedisError:
             with self._dirty_lock:
                 self._dirty |= users

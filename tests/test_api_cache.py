@@ -260,3 +260,25 @@ def test_set_that_missed_a_change_is_invalidated_when_redis_is_back(cache, engin
                      what="Redis to be used again")
     assert (pid in after.upvoted) == upvoted == (pid in pg_upvotes(engine, uid))
     assert bool(redis_client.sismember(f"user:upvotes:{uid}", pid)) == upvoted
+
+
+def test_rebuild_begun_before_a_missed_change_cannot_install_after_recovery(cache, engine, redis_client):
+    """A rebuild read the epoch and its snapshot; then a change committed while Redis
+    was paused (its update lost); Redis came back and another read rebuilt correctly.
+    The first rebuild's late install must be refused, or it would undo the change."""
+    uid = uid_of(engine, "carol")
+    pid = some_projects(engine, 40)[13]
+    s_key, c_key, _t, e_key = user_keys(uid)
+    redis_client.delete(s_key, c_key)
+    epoch_before = redis_client.get(e_key) or "0"
+    stale_snapshot = pg_upvotes(engine, uid)                  # rebuild #1: epoch + snapshot
+    redis_client.execute_command("CLIENT", "PAUSE", "800", "ALL")
+    upvoted, ts = toggle(engine, uid, pid)                    # the change commits...
+    assert (cache.add_upvote if upvoted else cache.remove_upvote)(uid, pid, ts) is False  # ...Redis misses it
+    wait_for(lambda: redis_client.ping(), timeout=5, what="the pause to end")
+    time.sleep(BREAKER_SECONDS)
+    fresh = wait_for(lambda: (o := cache.overlay(uid, [pid])).source != "postgres" and o, timeout=5,
+                     what="Redis to be used again")            # rebuild #2, correct
+    assert (pid in fresh.upvoted) == upvoted
+    assert cache._install(keys=[s_key, c_key, e_key], args=[epoch_before, 3600, *stale_snapshot]) == 0
+    assert bool(redis_client.sismember(s_key, pid)) == upvoted == (pid in pg_upvotes(engine, uid))

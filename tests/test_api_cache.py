@@ -272,7 +272,7 @@ def test_rebuild_begun_before_a_missed_change_cannot_install_after_recovery(cach
     redis_client.delete(s_key, c_key)
     epoch_before = redis_client.get(e_key) or "0"
     stale_snapshot = pg_upvotes(engine, uid)                  # rebuild #1: epoch + snapshot
-    redis_client.execute_command("CLIENT", "PAUSE", "800", "ALL")
+    redis_client.execute_command("CLIENT", "PAUSE", "1500", "ALL")
     upvoted, ts = toggle(engine, uid, pid)                    # the change commits...
     assert (cache.add_upvote if upvoted else cache.remove_upvote)(uid, pid, ts) is False  # ...Redis misses it
     wait_for(lambda: redis_client.ping(), timeout=5, what="the pause to end")

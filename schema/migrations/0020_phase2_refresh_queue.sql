@@ -133,6 +133,8 @@ CREATE INDEX IF NOT EXISTS idx_mv_refresh_log_status
 -- Running refreshes are looked up on every queue read; few rows ever match.
 CREATE INDEX IF NOT EXISTS idx_mv_refresh_log_in_progress
     ON mv_refresh_log (view_name) WHERE status = 'in_progress';
+-- "Has this session started a newer refresh since?" (mv_refresh_backend_alive).
+CREATE INDEX IF NOT EXISTS idx_mv_refresh_log_backend ON mv_refresh_log (backend_pid, id);
 
 -- ---------------------------------------------------------------------------
 -- Helpers

@@ -119,8 +119,17 @@ def database_url(create_database: Callable[..., str], migrated_template: str) ->
 
 
 @pytest.fixture(scope="module")
-def demo_database_url(create_database: Callable[..., str], demo_template: str) -> str:
-    """A fresh copy of the demo database for one test module."""
+def demo_database_url(create_database: Callable[..., str], demo_template: str, redis_url: str) -> str:
+    """A fresh copy of the demo database for one test module.
+
+    The session's Redis database is flushed too: every copy has the same user
+    ids, so a user's upvote set cached for the previous module's copy would
+    otherwise be read as this copy's (a cache must never outlive its truth)."""
+    client = redis_lib.Redis.from_url(redis_url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
     return create_database(template=demo_template)
 
 

@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None, deps: Any = None, extra_routes:
     from api.auth import AuthMiddleware
     from api.deps import Deps
     from api.errors import render_error
-    from api.middleware import BodyMiddleware, DbMiddleware
+    from api.middleware import BodyMiddleware, DbMiddleware, LatencyMiddleware
     from api.resources.admin import RefreshResource
     from api.resources.chains import ChainPostsResource, ChainsResource
     from api.resources.investors import InvestorsResource
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, deps: Any = None, extra_routes:
     settings = settings or Settings.from_env()
     deps = deps or Deps.connect(settings)
     app = falcon.App(middleware=[
+        LatencyMiddleware(),
         DbMiddleware(deps.engine, deps.write_engine),
         AuthMiddleware(settings.jwt_secret),
         BodyMiddleware(settings.max_body_bytes),

@@ -20,7 +20,24 @@ Choices and why:
   fight over it (STACK.md).
 * no access log by default: at thousands of requests per second it costs a
   noticeable share of the CPU (turn it on with ``--access-logfile -``).
+* metrics summed across workers: prometheus_client's multiprocess mode. Each
+  worker writes its counters and histograms to memory-mapped files in
+  ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` (monitoring/metrics.py) sums
+  the files of every worker, so whichever worker answers a scrape reports the
+  totals. Chosen over per-worker scraping (Prometheus cannot address a
+  gunicorn worker) and over a push to a gateway or statsd (another service to
+  run). The directory is set in the master before any worker forks (the
+  library reads it at import); given, it is wiped of old files at start
+  (stale files would add a previous run's counts); not given, a fresh
+  temporary one is made and removed at exit. Files of dead workers stay:
+  their counts are part of the totals (``child_exit`` only drops the
+  live-gauge files, the library's documented clean-up; we have none yet).
 """
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 from schema.settings import Settings
 
@@ -42,3 +59,27 @@ limit_request_field_size = 8190
 errorlog = "-"
 loglevel = "info"
 proc_name = "discovery-api"
+
+
+def on_starting(server: object) -> None:
+    """Once per master start (not on HUP reloads, which keep the directory and its counts)."""
+    given = _settings.prometheus_multiproc_dir
+    path = Path(given) if given else Path(tempfile.mkdtemp(prefix="discovery-metrics-"))
+    path.mkdir(parents=True, exist_ok=True)
+    if given:
+        for stale in path.glob("*.db"):
+            stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)  # inherited by every forked worker
+    server.discovery_metrics_dir = (path, not given)
+
+
+def child_exit(server: object, worker: object) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid, os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+
+def on_exit(server: object) -> None:
+    path, owned = getattr(server, "discovery_metrics_dir", (None, False))
+    if owned:
+        shutil.rmtree(path, ignore_errors=True)

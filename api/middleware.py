@@ -5,6 +5,10 @@ handle: the pooled read connection is checked out on first use and returned
 when the response is done, so a page served from the response cache never
 touches the pool, and no request can leak a connection or a transaction.
 
+``LatencyMiddleware`` times every request into a histogram labelled by the
+route *template* (``/api/projects/{project_id:uuid}``), never the raw path:
+one series per route, however many ids or probing URLs arrive.
+
 ``BodyMiddleware`` enforces the body rules before any responder runs:
 ``MAX_BODY_BYTES`` (413), JSON only on routes that take a body (415), and a
 Content-Length on those routes (411), so nothing is read or written for a
@@ -13,11 +17,34 @@ rejected request.
 
 from __future__ import annotations
 
+import time
+
 import falcon
 from sqlalchemy.engine import Engine
 
 from api.db import RequestDb
 from api.errors import ApiError
+from api.metrics import REQUEST_LATENCY
+
+# Methods outside this set are counted as "other" (a client can send any token).
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED_ROUTE = "unmatched"  # label of requests no route matched (404s)
+
+
+class LatencyMiddleware:
+    """First in the chain, so its ``process_response`` runs last and times the whole request."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.started = time.perf_counter()
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
+                         req_succeeded: bool) -> None:
+        started = getattr(req.context, "started", None)
+        if started is None:
+            return
+        method = req.method if req.method in _KNOWN_METHODS else "other"
+        route = req.uri_template or UNMATCHED_ROUTE
+        REQUEST_LATENCY.labels(route, method, str(resp.status_code)).observe(time.perf_counter() - started)
 
 
 class DbMiddleware:

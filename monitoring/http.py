@@ -1,4 +1,5 @@
-"""The operations routes the API process serves: ``/health`` (and its probes).
+"""The operations routes the API process serves: ``/health`` (and its probes),
+``/metrics`` (monitoring/metrics.py) and ``/status`` (monitoring/status.py).
 
 ``api.create_app`` picks up ``routes(deps, settings)`` from this module, so the
 API package never imports monitoring code (DESIGN.md: monitoring reads
@@ -24,6 +25,9 @@ from typing import Any
 import falcon
 
 from monitoring.health import HEALTHY, UNHEALTHY, HealthChecker, HealthDeps, check_database
+from monitoring.metrics import MetricsResource, scrape_registry
+from monitoring.readings import Reader
+from monitoring.status import StatusResource
 from schema.db import make_engine
 from schema.settings import Settings
 
@@ -105,19 +109,23 @@ class ReadyResource:
         resp.set_header("Cache-Control", "no-store")
 
 
-def health_deps(deps: Any, settings: Settings) -> HealthDeps:
-    """Health checks get their own small pool with a short connect timeout:
-    a hung or exhausted API pool must not hide (or be worsened by) /health."""
-    engine = make_engine(
+def monitoring_engine(settings: Settings) -> Any:
+    """Health, metrics and the status page get their own small pool with short
+    timeouts: a hung or exhausted API pool must not hide (or be worsened by)
+    them, and none of their statements may run longer than HEALTH_TIMEOUT."""
+    return make_engine(
         settings.database_url,
         pool_size=2,
-        application_name="discovery-health",
+        application_name="discovery-monitoring",
         statement_timeout_ms=int(settings.health_timeout * 1000),
         connect_timeout=max(1, int(settings.health_timeout)),
     )
+
+
+def health_deps(deps: Any, settings: Settings, engine: Any = None) -> HealthDeps:
     return HealthDeps(
         settings=settings,
-        engine=engine,
+        engine=engine if engine is not None else monitoring_engine(settings),
         redis=deps.redis,
         ping_workers=CeleryPinger(settings.celery_broker_url, settings.health_timeout),
     )
@@ -125,9 +133,13 @@ def health_deps(deps: Any, settings: Settings) -> HealthDeps:
 
 def routes(deps: Any, settings: Settings) -> list[tuple[str, object]]:
     """(path, resource) pairs for ``api.create_app``."""
-    hdeps = health_deps(deps, settings)
+    engine = monitoring_engine(settings)
+    hdeps = health_deps(deps, settings, engine)
+    reader = Reader(engine, settings)
     return [
         ("/health", HealthResource(HealthChecker(hdeps))),
         ("/health/live", LiveResource()),
         ("/health/ready", ReadyResource(hdeps)),
+        ("/metrics", MetricsResource(scrape_registry(settings, reader))),
+        ("/status", StatusResource(reader, settings)),
     ]

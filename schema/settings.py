@@ -86,6 +86,9 @@ class Settings:
     health_timeout: float = 1.5  # HEALTH_TIMEOUT seconds per dependency check
     stale_after_seconds: int = 60  # STALE_AFTER_SECONDS: pending longer than this is stale
     max_body_bytes: int = 64 * 1024  # MAX_BODY_BYTES for JSON request bodies
+    # PROMETHEUS_MULTIPROC_DIR: where gunicorn's workers keep their metric files so
+    # /metrics sums them; empty: api/gunicorn_conf.py makes a fresh one per start.
+    prometheus_multiproc_dir: str = ""
     extra: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -127,6 +130,7 @@ class Settings:
             health_timeout=_float(env, "HEALTH_TIMEOUT", 1.5),
             stale_after_seconds=_int(env, "STALE_AFTER_SECONDS", 60, 1),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", 64 * 1024, 1),
+            prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR", "").strip(),
             extra={k: v for k, v in env.items() if k.startswith("DISCOVERY_")},
         )
         settings.validate()

@@ -233,8 +233,7 @@ def _reconciliation_rows(runs: list[ReconciliationRun], now: datetime) -> str:
     out = []
     for run in runs:
         tone = RECON_TONE.get(run.status, "muted")
-        if run.unfixed and run.status != "running":
-            tone = "bad"
+        flagged = tone == "bad" or (run.unfixed > 0 and run.status != "running")  # unfixed: the row is red
         parts = ", ".join(
             f"{escape(part)} {int((run.parts.get(part) or {}).get('found') or 0)}"
             f"/{int((run.parts.get(part) or {}).get('fixed') or 0)}"
@@ -242,7 +241,7 @@ def _reconciliation_rows(runs: list[ReconciliationRun], now: datetime) -> str:
         )
         duration = _age((run.finished_at - run.started_at).total_seconds()) if run.finished_at else "running"
         out.append(
-            f'<tr class="{"bad" if tone == "bad" else ""}"><td>{_ago(run.started_at, now)}</td>'
+            f'<tr class="{"bad" if flagged else ""}"><td>{_ago(run.started_at, now)}</td>'
             f"<td>{escape(duration)}</td><td>{_badge(run.status, tone)}</td>"
             f"<td>{'fix' if run.auto_fix else 'report only'}</td><td class=\"n\">{run.rows_checked:,}</td>"
             f'<td class="n">{run.found}</td><td class="n">{run.fixed}</td><td class="n"><b>{run.unfixed}</b></td>'

@@ -20,6 +20,21 @@ fi
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v psql >/dev/null || missing+=(postgresql-client)
 
+# Headless Chromium for the status page test (tests/test_status_page.py). Not
+# needed to run the stack, so it never fails the install: installed on Debian
+# as root (Ubuntu's package is a snap wrapper), otherwise a warning naming the
+# command (the test then fails saying the same).
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && grep -qs '^ID=debian' /etc/os-release; then
+    echo "install: installing chromium (headless browser for the status page test) with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+      || echo "install: apt-get install chromium failed; the status page test will fail until it is installed" >&2
+  else
+    echo "install: chromium not found; the status page test needs it: sudo apt-get install -y chromium" >&2
+  fi
+fi
+
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -22,6 +22,8 @@ from chromium import Chromium
 from api.cache import make_redis_client
 from tasks.reconciliation import ReconcileOptions, run_reconciliation
 
+pytestmark = pytest.mark.browser
+
 
 @pytest.fixture(scope="module")
 def stack(demo_database_url: str, demo_engine: sa.Engine, redis_url: str,

@@ -8,7 +8,11 @@ fork) and ``/metrics`` (monitoring/metrics.py) reports the sums over workers.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Histogram, disable_created_metrics
+
+# No ``*_created`` series: multiprocess mode (gunicorn) never exports them, so
+# without this the single-process answer would carry series the served one lacks.
+disable_created_metrics()
 
 USER_CACHE_HITS = Counter(
     "discovery_user_cache_hits_total",

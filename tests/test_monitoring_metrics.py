@@ -12,7 +12,9 @@ unknown paths fall into one "unmatched" series.
 
 from __future__ import annotations
 
+import re
 import uuid
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -21,6 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.cache import make_redis_client
 from tasks.reconciliation import ReconcileOptions, run_reconciliation
+
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 SERIES = (
     "discovery_database_up",
@@ -164,3 +168,16 @@ def test_latency_is_labelled_by_route_template_not_raw_path(prepared, demo_datab
     # The guide's 200 ms target is a bucket boundary, so "share under 200 ms" is exact.
     assert ("discovery_http_request_duration_seconds_bucket",
             tuple(sorted({"route": route, "method": "GET", "status": "200", "le": "0.2"}.items()))) in after
+
+
+def test_every_series_is_documented_in_the_readme(prepared, demo_database_url, redis_url):
+    """README "Monitoring" names each discovery_* series /metrics serves, and nothing it does not serve."""
+    text = README.read_text()
+    section = text[text.index("## Monitoring"):]
+    section = section[:section.index("\n## ", 1)]
+    documented = {re.sub(r"_total$", "", name) for name in re.findall(r"`(discovery_[a-z0-9_]+)", section)}
+    with api_client(demo_database_url, redis_url) as (client, _deps):
+        served = {re.sub(r"_total$", "", name) for name in families(client.simulate_get("/metrics").text)
+                  if name.startswith("discovery_")}
+    assert served - documented == set(), "served but not documented"
+    assert documented - served == set(), "documented but not served"

@@ -115,7 +115,7 @@ def monitoring_engine(settings: Settings) -> Any:
     them, and none of their statements may run longer than HEALTH_TIMEOUT."""
     return make_engine(
         settings.database_url,
-        pool_size=2,
+        pool_size=3,  # /health's three database checks run at once
         application_name="discovery-monitoring",
         statement_timeout_ms=int(settings.health_timeout * 1000),
         connect_timeout=max(1, int(settings.health_timeout)),

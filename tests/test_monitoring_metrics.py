@@ -13,15 +13,22 @@ unknown paths fall into one "unmatched" series.
 from __future__ import annotations
 
 import re
+import socket
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from api_helpers import api_client, bearer, token_for
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.cache import make_redis_client
+from monitoring.metrics import scrape_registry
+from monitoring.readings import Reader
+from schema.db import make_engine
+from schema.settings import Settings
 from tasks.reconciliation import ReconcileOptions, run_reconciliation
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -181,3 +188,26 @@ def test_every_series_is_documented_in_the_readme(prepared, demo_database_url, r
                   if name.startswith("discovery_")}
     assert served - documented == set(), "served but not documented"
     assert documented - served == set(), "documented but not served"
+
+
+def test_a_postgres_that_never_answers_costs_a_bounded_scrape_with_database_up_0(redis_url):
+    """A listening socket that never speaks: connect succeeds (the kernel's backlog) and the
+    Postgres handshake hangs, as with a stopped or wedged server. The scrape's own deadline ends it."""
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(16)
+        port = hole.getsockname()[1]
+        settings = Settings.from_env({"DATABASE_URL": f"postgresql://x@127.0.0.1:{port}/db", "REDIS_URL": redis_url,
+                                      "HEALTH_TIMEOUT": "0.3"})
+        engine = make_engine(settings.database_url, pool_size=1, connect_timeout=5)
+        try:
+            registry = scrape_registry(settings, Reader(engine, settings))
+            started = time.monotonic()
+            text = generate_latest(registry).decode()
+            took = time.monotonic() - started
+        finally:
+            engine.dispose()
+    parsed = samples(text)
+    assert parsed[("discovery_database_up", ())] == 0.0
+    assert not any(name.startswith("discovery_view_") for name, _ in parsed)
+    assert took < 2.0, took  # the 0.8 s deadline, not the 5 s connect timeout

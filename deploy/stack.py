@@ -152,6 +152,18 @@ def preflight(env: dict[str, str], pids: PidFiles) -> Settings:
     return settings
 
 
+def create_embedded_database(pg: EmbeddedPostgres) -> str:
+    """The stack's database in the private cluster (created once); returns its URL."""
+    engine = make_engine(pg.admin_url(), pool_size=1).execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            if conn.execute(QUERIES["database_exists"], {"name": EMBEDDED_DB}).first() is None:
+                conn.execute(sa.text(f'CREATE DATABASE "{EMBEDDED_DB}"'))  # a constant name
+    finally:
+        engine.dispose()
+    return pg.admin_url(EMBEDDED_DB)
+
+
 def resolve_services(env: dict[str, str]) -> dict[str, str]:
     """Start private servers for what the environment does not provide; return what up derived."""
     derived: dict[str, str] = {}
@@ -160,14 +172,7 @@ def resolve_services(env: dict[str, str]) -> dict[str, str]:
     else:
         pg = embedded_postgres(env)
         pg.start()
-        engine = make_engine(pg.admin_url(), pool_size=1).execution_options(isolation_level="AUTOCOMMIT")
-        try:
-            with engine.connect() as conn:
-                if conn.execute(QUERIES["database_exists"], {"name": EMBEDDED_DB}).first() is None:
-                    conn.execute(sa.text(f'CREATE DATABASE "{EMBEDDED_DB}"'))  # a constant name
-        finally:
-            engine.dispose()
-        derived.update(DATABASE_URL=pg.admin_url(EMBEDDED_DB), EMBEDDED_PG="1", EMBEDDED_PG_PORT=str(pg.port))
+        derived.update(DATABASE_URL=create_embedded_database(pg), EMBEDDED_PG="1", EMBEDDED_PG_PORT=str(pg.port))
         _say(f"private Postgres running on 127.0.0.1:{pg.port} (data in {_shown(pg.data_dir)})")
     if env.get("REDIS_URL"):
         _say("using REDIS_URL from the environment (no private Redis)")

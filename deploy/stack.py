@@ -22,12 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -94,27 +95,43 @@ def documented_settings() -> set[str]:
     return {line.split("=", 1)[0] for line in text.splitlines() if "=" in line and not line.startswith("#")}
 
 
+def parse_env_lines(text: str) -> dict[str, str]:
+    """``[export ]KEY=value`` lines (values shell-quoted or bare); comments and blank lines skipped."""
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = line.removeprefix("export ").split("=", 1)
+        parts = shlex.split(value)
+        env[key.strip()] = parts[0] if parts else ""
+    return env
+
+
 def read_stack_env() -> dict[str, str]:
-    if not STACK_ENV.exists():
-        return {}
-    pairs = (line.split("=", 1) for line in STACK_ENV.read_text().splitlines() if "=" in line and not line.startswith("#"))
-    return {k: v for k, v in pairs}
+    return parse_env_lines(STACK_ENV.read_text()) if STACK_ENV.exists() else {}
 
 
-def given_before(recorded: dict[str, str]) -> dict[str, str]:
-    """The settings the running stack was started with, minus what up derived (private servers' URLs)."""
+def given(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` minus what up derived: the private servers' URLs and their markers.
+
+    Applied to stack.env (the settings the running stack was started with) and
+    to the environment too: a shell that ran `source .run/stack.env` exports
+    the private servers' URLs with their EMBEDDED_* markers, and those URLs
+    still name our own servers (to start after a reboot), not servers given."""
     derived = {"EMBEDDED_PG", "EMBEDDED_REDIS"}
-    if recorded.get("EMBEDDED_PG"):
+    if env.get("EMBEDDED_PG"):
         derived.add("DATABASE_URL")
-    if recorded.get("EMBEDDED_REDIS"):
+    if env.get("EMBEDDED_REDIS"):
         derived.add("REDIS_URL")
-    return {k: v for k, v in recorded.items() if k not in derived}
+    return {k: v for k, v in env.items() if k not in derived}
 
 
 def write_stack_env(effective: dict[str, str]) -> None:
     RUN.mkdir(parents=True, exist_ok=True)
+    # `export` lines, so `source .run/stack.env` hands them to the commands you run next.
     lines = [f"# Written by `make up`: the settings of the running stack. `source {_shown(STACK_ENV)}` to use them."]
-    lines += [f"{k}={v}" for k, v in sorted(effective.items())]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(effective.items())]
     STACK_ENV.touch(mode=0o600)  # may hold JWT_SECRET / passwords you gave
     STACK_ENV.write_text("\n".join(lines) + "\n")
 
@@ -251,7 +268,7 @@ def check_flower_exposure(settings: Settings) -> None:
 
 
 def up(seed_scale: str = "demo") -> int:
-    env = {**given_before(read_stack_env()), **os.environ}
+    env = {**given(read_stack_env()), **given(os.environ)}
     pids = PidFiles(PIDS, ROOT)
     preflight(env, pids)
     derived = resolve_services(env)

@@ -89,8 +89,10 @@ class Clone:
         return pids
 
     def stack_env(self) -> dict[str, str]:
-        lines = (self.path / ".run" / "stack.env").read_text().splitlines()
-        return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+        """The settings `make up` recorded, as `source .run/stack.env` exports them."""
+        proc = subprocess.run(["bash", "-c", "source .run/stack.env && env -0"], cwd=self.path, env={"PATH": "/usr/bin:/bin"},
+                              capture_output=True, timeout=30, check=True)
+        return dict(item.split("=", 1) for item in proc.stdout.decode().split("\0") if "=" in item)
 
 
 def _alive(pid: int) -> ProcInfo | None:
@@ -193,11 +195,15 @@ def test_make_status_exits_zero_in_a_new_shell(clone: Clone) -> None:
 
 def test_second_make_up_keeps_what_runs(clone: Clone) -> None:
     before = clone.recorded_pids()
-    proc = clone.make("up", clone.up_env)
+    # The same shell after `source .run/stack.env`: the private servers' URLs are exported now,
+    # and must still be taken for our own servers, not for servers given from outside.
+    proc = clone.make("up", {**clone.up_env, **clone.stack_env()})
     _make_ok(proc, "second make up")
     assert clone.recorded_pids() == before
     for name in APP_PROCESSES:
         assert f"{name} already running (pid {before[name]})" in proc.stdout
+    assert "private Postgres running" in proc.stdout and "private Redis running" in proc.stdout
+    assert clone.stack_env()["EMBEDDED_PG"] == "1" and clone.stack_env()["EMBEDDED_REDIS"] == "1"
     assert all(_alive(pid) for pid in before.values())
 
 

@@ -90,9 +90,10 @@ class Clone:
 
     def stack_env(self) -> dict[str, str]:
         """The settings `make up` recorded, as `source .run/stack.env` exports them."""
-        proc = subprocess.run(["bash", "-c", "source .run/stack.env && env -0"], cwd=self.path, env={"PATH": "/usr/bin:/bin"},
+        proc = subprocess.run(["/bin/bash", "-c", "source .run/stack.env && env -0"], cwd=self.path, env={},
                               capture_output=True, timeout=30, check=True)
-        return dict(item.split("=", 1) for item in proc.stdout.decode().split("\0") if "=" in item)
+        exported = dict(item.split("=", 1) for item in proc.stdout.decode().split("\0") if "=" in item)
+        return {k: v for k, v in exported.items() if k not in {"PWD", "OLDPWD", "SHLVL", "_"}}
 
 
 def _alive(pid: int) -> ProcInfo | None:

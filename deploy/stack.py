@@ -28,11 +28,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import sqlalchemy as sa
-
+from deploy.database import create_embedded_database, enable_pg_stat_statements
 from deploy.embedded import (
     EmbeddedPostgres,
     EmbeddedRedis,
@@ -44,7 +42,8 @@ from deploy.embedded import (
 )
 from deploy.processes import Process, processes, setup_commands
 from deploy.runner import PidFiles
-from schema.db import DatabaseUnavailable, check_connection, load_queries, make_engine
+from deploy.stackenv import documented_settings, given, read_stack_env
+from schema.db import DatabaseUnavailable
 from schema.settings import Settings, SettingsError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,9 +52,7 @@ PIDS = RUN / "pids"
 LOGS = RUN / "logs"
 STACK_ENV = RUN / "stack.env"
 BIN = Path(sys.executable).parent
-EMBEDDED_DB = "discovery"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-QUERIES = load_queries(Path(__file__).with_name("stack.sql"))
 # Stopped together, in this order: the API first (stop taking requests), Beat
 # before the workers (stop scheduling), the workers last (finish what runs).
 STOP_PHASES = (("api", "beat", "flower"),)
@@ -84,47 +81,6 @@ def embedded_postgres(env: dict[str, str], run: Path = RUN) -> EmbeddedPostgres:
 
 def embedded_redis(env: dict[str, str], run: Path = RUN) -> EmbeddedRedis:
     return EmbeddedRedis(run / "redis", int(env.get("EMBEDDED_REDIS_PORT") or "56379"))
-
-
-def documented_settings() -> set[str]:
-    """The setting names .env.example documents (the ones stack.env records when given)."""
-    try:
-        text = (ROOT / ".env.example").read_text()
-    except OSError:
-        return set()
-    return {line.split("=", 1)[0] for line in text.splitlines() if "=" in line and not line.startswith("#")}
-
-
-def parse_env_lines(text: str) -> dict[str, str]:
-    """``[export ]KEY=value`` lines (values shell-quoted or bare); comments and blank lines skipped."""
-    env: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.removeprefix("export ").split("=", 1)
-        parts = shlex.split(value)
-        env[key.strip()] = parts[0] if parts else ""
-    return env
-
-
-def read_stack_env() -> dict[str, str]:
-    return parse_env_lines(STACK_ENV.read_text()) if STACK_ENV.exists() else {}
-
-
-def given(env: Mapping[str, str]) -> dict[str, str]:
-    """``env`` minus what up derived: the private servers' URLs and their markers.
-
-    Applied to stack.env (the settings the running stack was started with) and
-    to the environment too: a shell that ran `source .run/stack.env` exports
-    the private servers' URLs with their EMBEDDED_* markers, and those URLs
-    still name our own servers (to start after a reboot), not servers given."""
-    derived = {"EMBEDDED_PG", "EMBEDDED_REDIS"}
-    if env.get("EMBEDDED_PG"):
-        derived.add("DATABASE_URL")
-    if env.get("EMBEDDED_REDIS"):
-        derived.add("REDIS_URL")
-    return {k: v for k, v in env.items() if k not in derived}
 
 
 def write_stack_env(effective: dict[str, str]) -> None:
@@ -169,18 +125,6 @@ def preflight(env: dict[str, str], pids: PidFiles) -> Settings:
     return settings
 
 
-def create_embedded_database(pg: EmbeddedPostgres) -> str:
-    """The stack's database in the private cluster (created once); returns its URL."""
-    engine = make_engine(pg.admin_url(), pool_size=1).execution_options(isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            if conn.execute(QUERIES["database_exists"], {"name": EMBEDDED_DB}).first() is None:
-                conn.execute(sa.text(f'CREATE DATABASE "{EMBEDDED_DB}"'))  # a constant name
-    finally:
-        engine.dispose()
-    return pg.admin_url(EMBEDDED_DB)
-
-
 def resolve_services(env: dict[str, str]) -> dict[str, str]:
     """Start private servers for what the environment does not provide; return what up derived."""
     derived: dict[str, str] = {}
@@ -199,37 +143,6 @@ def resolve_services(env: dict[str, str]) -> dict[str, str]:
         derived.update(REDIS_URL=rd.url(0), EMBEDDED_REDIS="1", EMBEDDED_REDIS_PORT=str(rd.port))
         _say(f"private Redis running on 127.0.0.1:{rd.port}")
     return derived
-
-
-def enable_pg_stat_statements(database_url: str, out: Callable[[str], None] = print) -> bool:
-    """CREATE EXTENSION pg_stat_statements in this database when the server loads the library.
-
-    Never fails the stack: without the library (a server you run, started
-    without it) or the right to create it, it says what to do and returns False.
-    """
-    engine = make_engine(database_url, pool_size=1).execution_options(isolation_level="AUTOCOMMIT")
-    try:
-        check_connection(engine)
-        with engine.connect() as conn:
-            libraries = conn.execute(QUERIES["preload_libraries"]).scalar_one()
-            if "pg_stat_statements" not in [lib.strip() for lib in libraries.split(",")]:
-                out("pg_stat_statements: not loaded by this server, so the guide's slow-query check is unavailable "
-                    "(add shared_preload_libraries = 'pg_stat_statements' to postgresql.conf and restart Postgres)")
-                return False
-            if conn.execute(QUERIES["pg_stat_statements_available"]).first() is None:
-                out("pg_stat_statements: loaded but not installed as an extension (install postgresql-contrib)")
-                return False
-            try:
-                conn.execute(QUERIES["create_pg_stat_statements"])
-            except sa.exc.ProgrammingError as exc:
-                reason = str(exc.orig).strip().splitlines()[0]
-                out(f"pg_stat_statements: not created ({reason}); a superuser can run: "
-                    "CREATE EXTENSION pg_stat_statements;")
-                return False
-    finally:
-        engine.dispose()
-    out("pg_stat_statements: enabled")
-    return True
 
 
 def start_process(proc: Process, env: dict[str, str], pids: PidFiles) -> int:
@@ -268,7 +181,7 @@ def check_flower_exposure(settings: Settings) -> None:
 
 
 def up(seed_scale: str = "demo") -> int:
-    env = {**given(read_stack_env()), **given(os.environ)}
+    env = {**given(read_stack_env(STACK_ENV)), **given(os.environ)}
     pids = PidFiles(PIDS, ROOT)
     preflight(env, pids)
     derived = resolve_services(env)
@@ -314,7 +227,7 @@ def _redact(url: str) -> str:
 
 
 def down() -> int:
-    recorded = read_stack_env()
+    recorded = read_stack_env(STACK_ENV)
     env = {**os.environ, **recorded}  # the running stack's own ports win
     pids = PidFiles(PIDS, ROOT)
     names = pids.names()
@@ -342,7 +255,7 @@ def status() -> int:
     if not STACK_ENV.exists():
         print("status: the stack is not up (run `make up`)")
         return 1
-    env = {**os.environ, **read_stack_env()}
+    env = {**os.environ, **read_stack_env(STACK_ENV)}
     settings = Settings.from_env(env)
     pids = PidFiles(PIDS, ROOT)
     all_running = True

@@ -93,7 +93,7 @@ class Clone:
         proc = subprocess.run(["/bin/bash", "-c", "source .run/stack.env && env -0"], cwd=self.path, env={},
                               capture_output=True, timeout=30, check=True)
         exported = dict(item.split("=", 1) for item in proc.stdout.decode().split("\0") if "=" in item)
-        return {k: v for k, v in exported.items() if k not in {"PWD", "OLDPWD", "SHLVL", "_"}}
+        return {k: v for k, v in exported.items() if k not in {"PWD", "OLDPWD", "SHLVL", "_", "PATH"}}
 
 
 def _alive(pid: int) -> ProcInfo | None:

@@ -20,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from deploy import stack
+from deploy.database import create_embedded_database, enable_pg_stat_statements
 from deploy.embedded import EmbeddedPostgres, free_port
 from schema.db import make_engine
 from schema.migrate import discover
@@ -70,14 +71,14 @@ def test_load_test_file_is_the_guides_block_verbatim() -> None:
 
 @pytest.mark.parametrize("cluster", [{"shared_preload_libraries": "''"}], indirect=True)
 def test_migrations_and_make_up_step_work_on_a_server_without_the_library(cluster: EmbeddedPostgres) -> None:
-    url = stack.create_embedded_database(cluster)
+    url = create_embedded_database(cluster)
     for migration in discover():
         proc = subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(migration.path)],
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{migration.name}: {proc.stderr}"
 
     said: list[str] = []
-    assert stack.enable_pg_stat_statements(url, out=said.append) is False
+    assert enable_pg_stat_statements(url, out=said.append) is False
     assert len(said) == 1 and "shared_preload_libraries" in said[0], said
     # The CLI step of make up / compose's migrate service says so and does not fail the chain.
     cli = subprocess.run([sys.executable, "-m", "deploy.stack", "enable-pg-stat-statements"], cwd=ROOT,

@@ -1,4 +1,4 @@
--- Queries `make up` runs on the database (deploy/stack.py). Loaded by name
+-- Queries `make up` runs on its database (deploy/database.py). Loaded by name
 -- (schema.db.load_queries). Not a migration: pg_stat_statements needs the
 -- server started with it in shared_preload_libraries (and a superuser to
 -- create it), which a migration cannot assume, so migrations never need it.

@@ -212,6 +212,11 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
     def pid(self) -> int | None:
+        """The pid in the pid file if that process is still our redis-server.
+
+        A pid file left by a crash may name a pid the system has since given
+        to another process; that one must never be taken for ours (nor be
+        signalled by ``stop``). redis-server names its port in its title."""
         try:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
@@ -220,6 +225,15 @@ class EmbeddedRedis:
             os.kill(pid, 0)
         except OSError:
             return None
+        proc = Path(f"/proc/{pid}")
+        if proc.is_dir():
+            try:
+                title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                return None
+            if state == "Z" or "redis-server" not in title or f":{self.port}" not in title:
+                return None
         return pid
 
     def running(self) -> bool:
@@ -249,6 +263,7 @@ class EmbeddedRedis:
     def stop(self) -> None:
         pid = self.pid()
         if pid is None:
+            self.pid_file.unlink(missing_ok=True)  # stale: its process is gone (or is not ours)
             return
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10

@@ -1,4 +1,4 @@
-"""The app processes of the stack, defined once.
+"""The app processes of the stack, and the one-off steps before them, defined once.
 
 ``make up`` (deploy/stack.py), compose.yaml, and the supervisor and systemd
 files under deploy/ all run these same commands; tests/test_stack_files.py
@@ -55,3 +55,17 @@ def processes(settings: Settings, run_dir: str = ".run") -> list[Process]:
         health_url=f"http://{settings.flower_host}:{settings.flower_port}/healthcheck",
     ))
     return procs
+
+
+def setup_commands(seed_scale: str = "demo") -> list[tuple[str, ...]]:
+    """One-off steps before the app processes start, in order (``make up``; compose's ``migrate`` service).
+
+    The first element is relative to the venv's bin directory. Each step is
+    safe to repeat: the extension is created IF NOT EXISTS, migrate skips what
+    is applied, and the seed does nothing on a database that has users.
+    """
+    return [
+        ("python", "-m", "deploy.stack", "enable-pg-stat-statements"),
+        ("python", "-m", "schema", "migrate"),
+        ("python", "-m", "schema", "seed", "--scale", seed_scale, "--if-empty"),
+    ]

@@ -1,13 +1,20 @@
 """``make up`` / ``make down`` / ``make status``: the whole stack on one machine.
 
-up:   Postgres and Redis (from DATABASE_URL / REDIS_URL, or private ones under
-      .run/ when those are unset), migrations, demo data on an empty database,
-      then gunicorn, the Celery workers, Beat and Flower as background
-      processes with pid files and logs under .run/. Waits until /health is
-      200 and prints where everything listens. Running it again keeps what is
-      already running and starts what is not (after a crash too).
+up:   checks first (settings, server binaries, ports), then Postgres and Redis
+      (from DATABASE_URL / REDIS_URL, or private ones under the run directory
+      when those are unset), pg_stat_statements, migrations, demo data on an
+      empty database, then gunicorn, the Celery workers, Beat and Flower as
+      background processes with pid files and logs in the run directory. Waits
+      until /health is 200 and prints where everything listens. Running it
+      again keeps what runs and starts what does not; after a crash it first
+      removes what the crashed process left behind (children, pid file).
 down: stops every process up started, then the private servers (never a
-      server it did not start).
+      server it did not start), and forgets the stack's settings.
+
+The run directory is ``.run/`` in the checkout, or ``DISCOVERY_RUN_DIR``. Its
+``stack.env`` records the settings the stack was started with (what you gave
+plus the private servers' URLs), so ``make status``/``make down``/``make up``
+in another shell act on the same stack without repeating them.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
+import shlex
 import subprocess
 import sys
 import time
@@ -23,9 +30,20 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from deploy.embedded import EmbeddedPostgres, EmbeddedRedis, MissingBinary, ServiceError, port_open
-from deploy.processes import Process, processes
-from schema.db import DatabaseUnavailable, raw_connection
+from deploy.database import create_embedded_database, enable_pg_stat_statements
+from deploy.embedded import (
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    MissingBinary,
+    ServiceError,
+    find_pg_bindir,
+    find_redis_server,
+    port_open,
+)
+from deploy.processes import Process, processes, setup_commands
+from deploy.runner import PidFiles
+from deploy.stackenv import documented_settings, given, read_stack_env
+from schema.db import DatabaseUnavailable
 from schema.settings import Settings, SettingsError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,124 +52,108 @@ PIDS = RUN / "pids"
 LOGS = RUN / "logs"
 STACK_ENV = RUN / "stack.env"
 BIN = Path(sys.executable).parent
-EMBEDDED_DB = "discovery"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# Stopped together, in this order: the API first (stop taking requests), Beat
+# before the workers (stop scheduling), the workers last (finish what runs).
+STOP_PHASES = (("api", "beat", "flower"),)
 
 
 def _say(msg: str) -> None:
     print(f"up: {msg}", flush=True)
 
 
-def embedded_postgres(env: dict[str, str]) -> EmbeddedPostgres:
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative to the checkout when inside it."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def embedded_postgres(env: dict[str, str], run: Path = RUN) -> EmbeddedPostgres:
+    """The private Postgres of the stack in ``run`` (shared_preload_libraries has pg_stat_statements)."""
     return EmbeddedPostgres(
-        RUN / "pg",
-        int(env.get("EMBEDDED_PG_PORT", "55432")),
-        settings={"shared_buffers": env.get("EMBEDDED_PG_SHARED_BUFFERS", "512MB")},
+        run / "pg",
+        int(env.get("EMBEDDED_PG_PORT") or "55432"),
+        settings={"shared_buffers": env.get("EMBEDDED_PG_SHARED_BUFFERS") or "512MB"},
     )
 
 
-def embedded_redis(env: dict[str, str]) -> EmbeddedRedis:
-    return EmbeddedRedis(RUN / "redis", int(env.get("EMBEDDED_REDIS_PORT", "56379")))
+def embedded_redis(env: dict[str, str], run: Path = RUN) -> EmbeddedRedis:
+    return EmbeddedRedis(run / "redis", int(env.get("EMBEDDED_REDIS_PORT") or "56379"))
 
 
-def read_stack_env() -> dict[str, str]:
-    if not STACK_ENV.exists():
-        return {}
-    pairs = (line.split("=", 1) for line in STACK_ENV.read_text().splitlines() if "=" in line and not line.startswith("#"))
-    return {k: v for k, v in pairs}
+def write_stack_env(effective: dict[str, str]) -> None:
+    RUN.mkdir(parents=True, exist_ok=True)
+    # `export` lines, so `source .run/stack.env` hands them to the commands you run next.
+    lines = [f"# Written by `make up`: the settings of the running stack. `source {_shown(STACK_ENV)}` to use them."]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(effective.items())]
+    STACK_ENV.touch(mode=0o600)  # may hold JWT_SECRET / passwords you gave
+    STACK_ENV.write_text("\n".join(lines) + "\n")
+
+
+def preflight(env: dict[str, str], pids: PidFiles) -> Settings:
+    """Every check that can fail before anything starts: settings, binaries, ports.
+
+    Also removes what a crashed app process left (children still holding its
+    port, a stale pid file), so a port held by our own leftovers is freed
+    rather than reported."""
+    # Validate the settings now; DATABASE_URL is only known after the private Postgres starts.
+    settings = Settings.from_env({**env, "DATABASE_URL": env.get("DATABASE_URL") or "postgresql://embedded/placeholder"})
+    check_flower_exposure(settings)
+    if not env.get("DATABASE_URL"):
+        find_pg_bindir()
+    if not env.get("REDIS_URL"):
+        find_redis_server()
+    for proc in processes(settings, run_dir=str(RUN)):
+        killed = pids.clean_up_after_crash(proc.name)
+        if killed:
+            _say(f"{proc.name} had crashed; stopped what it left running (pids {', '.join(map(str, killed))})")
+    wanted: list[tuple[int, str, str, bool]] = [
+        (settings.api_port, settings.api_host, "API_PORT", bool(pids.running("api"))),
+        (settings.flower_port, settings.flower_host, "FLOWER_PORT", bool(pids.running("flower"))),
+    ]
+    if not env.get("DATABASE_URL"):
+        pg = embedded_postgres(env)
+        wanted.append((pg.port, "127.0.0.1", "EMBEDDED_PG_PORT", pg.running()))
+    if not env.get("REDIS_URL"):
+        rd = embedded_redis(env)
+        wanted.append((rd.port, "127.0.0.1", "EMBEDDED_REDIS_PORT", rd.running()))
+    for port, host, name, ours in wanted:
+        if not ours and port_open(port, "127.0.0.1" if host in {"0.0.0.0", "::"} else host):
+            raise ServiceError(f"port {port} ({name}) is in use by another process; stop it or set {name} to a free port")
+    return settings
 
 
 def resolve_services(env: dict[str, str]) -> dict[str, str]:
-    """Start private servers for what the environment does not provide; return the effective settings env."""
-    effective: dict[str, str] = {}
+    """Start private servers for what the environment does not provide; return what up derived."""
+    derived: dict[str, str] = {}
     if env.get("DATABASE_URL"):
         _say("using DATABASE_URL from the environment (no private Postgres)")
     else:
         pg = embedded_postgres(env)
         pg.start()
-        with raw_connection(pg.admin_url(), autocommit=True) as conn, conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DB,))
-            if cur.fetchone() is None:
-                cur.execute(f'CREATE DATABASE "{EMBEDDED_DB}"')  # constant name
-        effective["DATABASE_URL"] = pg.admin_url(EMBEDDED_DB)
-        effective["EMBEDDED_PG"] = "1"
-        _say(f"private Postgres running on 127.0.0.1:{pg.port} (data in {pg.data_dir})")
+        derived.update(DATABASE_URL=create_embedded_database(pg), EMBEDDED_PG="1", EMBEDDED_PG_PORT=str(pg.port))
+        _say(f"private Postgres running on 127.0.0.1:{pg.port} (data in {_shown(pg.data_dir)})")
     if env.get("REDIS_URL"):
         _say("using REDIS_URL from the environment (no private Redis)")
     else:
         rd = embedded_redis(env)
         rd.start()
-        effective["REDIS_URL"] = rd.url(0)
-        effective["EMBEDDED_REDIS"] = "1"
+        derived.update(REDIS_URL=rd.url(0), EMBEDDED_REDIS="1", EMBEDDED_REDIS_PORT=str(rd.port))
         _say(f"private Redis running on 127.0.0.1:{rd.port}")
-    return effective
+    return derived
 
 
-def write_stack_env(effective: dict[str, str]) -> None:
-    RUN.mkdir(exist_ok=True)
-    lines = ["# Written by `make up`: the settings of the running stack. `source .run/stack.env` to use them."]
-    lines += [f"{k}={v}" for k, v in sorted(effective.items())]
-    STACK_ENV.write_text("\n".join(lines) + "\n")
-
-
-def _pid_file(name: str) -> Path:
-    return PIDS / f"{name}.pid"
-
-
-def running_pid(proc_name: str) -> int | None:
-    """The pid of a process we started, if it is still alive (and still ours)."""
-    try:
-        pid = int(_pid_file(proc_name).read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except (OSError, ValueError):
-        return None
-    os_kill_ok = True
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        os_kill_ok = False
-    return pid if os_kill_ok and ("gunicorn" in cmdline or "celery" in cmdline) else None
-
-
-def start_process(proc: Process, env: dict[str, str]) -> int:
-    pid = running_pid(proc.name)
+def start_process(proc: Process, env: dict[str, str], pids: PidFiles) -> int:
+    pid = pids.running(proc.name)
     if pid:
         _say(f"{proc.name} already running (pid {pid})")
         return pid
-    PIDS.mkdir(parents=True, exist_ok=True)
-    LOGS.mkdir(parents=True, exist_ok=True)
-    argv = [str(BIN / proc.argv[0]), *proc.argv[1:]]
-    log = open(LOGS / f"{proc.name}.log", "ab")
-    child = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, start_new_session=True)
-    _pid_file(proc.name).write_text(str(child.pid))
-    _say(f"started {proc.name} (pid {child.pid}, log .run/logs/{proc.name}.log)")
-    return child.pid
-
-
-def stop_process(name: str, timeout: float = 15) -> None:
-    pid = running_pid(name)
-    if pid is None:
-        _pid_file(name).unlink(missing_ok=True)  # stale: the process is gone already
-        return
-    try:
-        os.killpg(pid, signal.SIGTERM)  # the whole group: gunicorn/celery children too
-    except OSError:
-        pass
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except OSError:
-            break
-        time.sleep(0.1)
-    else:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    _pid_file(name).unlink(missing_ok=True)
-    print(f"down: stopped {name} (pid {pid})")
+    log = LOGS / f"{proc.name}.log"
+    pid = pids.start(proc.name, [str(BIN / proc.argv[0]), *proc.argv[1:]], env, log)
+    _say(f"started {proc.name} (pid {pid}, log {_shown(log)})")
+    return pid
 
 
 def wait_http(url: str, timeout: float, expect: int = 200) -> tuple[bool, str]:
@@ -179,34 +181,27 @@ def check_flower_exposure(settings: Settings) -> None:
 
 
 def up(seed_scale: str = "demo") -> int:
-    env = dict(os.environ)
-    effective = resolve_services(env)
-    env.update(effective)
+    env = {**given(read_stack_env(STACK_ENV)), **given(os.environ)}
+    pids = PidFiles(PIDS, ROOT)
+    preflight(env, pids)
+    derived = resolve_services(env)
+    env.update(derived)
     settings = Settings.from_env(env)
-    check_flower_exposure(settings)
-    for key in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
-        if env.get(key):
-            effective[key] = env[key]
-    write_stack_env(effective)
+    documented = documented_settings()
+    write_stack_env({**{k: v for k, v in env.items() if k in documented and v}, **derived})
 
-    _say("applying migrations")
-    subprocess.run([str(BIN / "python"), "-m", "schema", "migrate"], cwd=ROOT, env=env, check=True)
-    subprocess.run([str(BIN / "python"), "-m", "schema", "seed", "--scale", seed_scale, "--if-empty"], cwd=ROOT,
-                   env=env, check=True)
+    for step in setup_commands(seed_scale):
+        subprocess.run([str(BIN / step[0]), *step[1:]], cwd=ROOT, env=env, check=True)
 
     procs = processes(settings, run_dir=str(RUN))
     for proc in procs:
-        if proc.name == "api" and not running_pid("api") and port_open(settings.api_port, settings.api_host):
-            raise ServiceError(f"port {settings.api_port} is taken by another process; set API_PORT")
-        if proc.name == "flower" and not running_pid("flower") and port_open(settings.flower_port, settings.flower_host):
-            raise ServiceError(f"port {settings.flower_port} is taken by another process; set FLOWER_PORT")
-        start_process(proc, env)
+        start_process(proc, env, pids)
 
     api = next(p for p in procs if p.name == "api")
     _say("waiting for /health to answer 200")
     ok, body = wait_http(api.health_url or "", timeout=90)
     if not ok:
-        print(f"up: /health did not become healthy: {body}\n    see `make logs` or .run/logs/", file=sys.stderr)
+        print(f"up: /health did not become healthy: {body}\n    see `make logs` or {_shown(LOGS)}/", file=sys.stderr)
         return 1
     flower = next((p for p in procs if p.name == "flower"), None)
     if flower and flower.health_url:
@@ -219,7 +214,7 @@ def up(seed_scale: str = "demo") -> int:
     print(f"  Redis       {settings.redis_url}")
     print(f"  Broker      {_redact(settings.celery_broker_url)}")
     print(f"  Processes   {', '.join(p.name for p in procs)} (logs: make logs; state: make status)")
-    print("  Settings    source .run/stack.env   (then e.g. `python -m api token --user alice`)")
+    print(f"  Settings    source {_shown(STACK_ENV)}   (then e.g. `python -m api token --user alice`)")
     return 0
 
 
@@ -232,39 +227,50 @@ def _redact(url: str) -> str:
 
 
 def down() -> int:
-    env = {**os.environ, **read_stack_env()}
-    names = [p.stem for p in PIDS.glob("*.pid")] if PIDS.exists() else []
-    # API first (stop taking requests), Beat before workers (stop scheduling).
-    order = {"api": 0, "beat": 1, "flower": 2}
-    for name in sorted(names, key=lambda n: order.get(n, 5)):
-        stop_process(name)
-    if env.get("EMBEDDED_REDIS") or (RUN / "redis").exists():
+    recorded = read_stack_env(STACK_ENV)
+    env = {**os.environ, **recorded}  # the running stack's own ports win
+    pids = PidFiles(PIDS, ROOT)
+    names = pids.names()
+    phases = [[n for n in phase if n in names] for phase in STOP_PHASES]
+    phases.append([n for n in names if not any(n in phase for phase in STOP_PHASES)])
+    for phase in phases:
+        for name, pid in pids.stop(phase):
+            print(f"down: stopped {name} (pid {pid})")
+    if recorded.get("EMBEDDED_REDIS") or (RUN / "redis").exists():
         rd = embedded_redis(env)
         if rd.running():
             rd.stop()
             print(f"down: stopped private Redis (port {rd.port})")
-    if env.get("EMBEDDED_PG") or (RUN / "pg").exists():
+    if recorded.get("EMBEDDED_PG") or (RUN / "pg").exists():
         pg = embedded_postgres(env)
         if pg.running():
             pg.stop()
             print(f"down: stopped private Postgres (port {pg.port})")
+    STACK_ENV.unlink(missing_ok=True)
     print("down: nothing left running")
     return 0
 
 
 def status() -> int:
-    env = {**os.environ, **read_stack_env()}
     if not STACK_ENV.exists():
         print("status: the stack is not up (run `make up`)")
         return 1
+    env = {**os.environ, **read_stack_env(STACK_ENV)}
     settings = Settings.from_env(env)
+    pids = PidFiles(PIDS, ROOT)
+    all_running = True
     for proc in processes(settings, run_dir=str(RUN)):
-        pid = running_pid(proc.name)
-        print(f"  {proc.name:15} {'running pid ' + str(pid) if pid else 'NOT RUNNING'}")
+        pid = pids.running(proc.name)
+        all_running &= pid is not None
+        print(f"  {proc.name:15} {'running pid ' + str(pid) if pid else 'NOT RUNNING (make up starts it)'}")
     if env.get("EMBEDDED_PG"):
-        print(f"  {'postgres':15} {'running' if embedded_postgres(env).running() else 'NOT RUNNING'} (private)")
+        running = embedded_postgres(env).running()
+        all_running &= running
+        print(f"  {'postgres':15} {'running' if running else 'NOT RUNNING'} (private, port {env.get('EMBEDDED_PG_PORT')})")
     if env.get("EMBEDDED_REDIS"):
-        print(f"  {'redis':15} {'running' if embedded_redis(env).running() else 'NOT RUNNING'} (private)")
+        running = embedded_redis(env).running()
+        all_running &= running
+        print(f"  {'redis':15} {'running' if running else 'NOT RUNNING'} (private, port {env.get('EMBEDDED_REDIS_PORT')})")
     try:
         with urllib.request.urlopen(f"http://{settings.api_host}:{settings.api_port}/health", timeout=5) as resp:
             body = json.loads(resp.read())
@@ -278,12 +284,12 @@ def status() -> int:
     for name, check in (body.get("checks") or {}).items():
         state = check.get("status") if isinstance(check, dict) else check
         print(f"    {name:20} {state}")
-    return 0 if code == 200 else 1
+    return 0 if code == 200 and all_running else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.stack")
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "enable-pg-stat-statements"])
     parser.add_argument("--seed-scale", default="demo")
     args = parser.parse_args(argv)
     try:
@@ -291,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
             return up(args.seed_scale)
         if args.command == "down":
             return down()
+        if args.command == "enable-pg-stat-statements":
+            enable_pg_stat_statements(Settings.from_env().database_url)
+            return 0
         return status()
     except (MissingBinary, ServiceError, SettingsError, DatabaseUnavailable) as exc:
         print(f"{args.command}: {exc}", file=sys.stderr)

@@ -27,6 +27,8 @@ LUA_DIR = ROOT / "bench" / "wrk"
 P99_LIMIT_MS = 200.0
 # File descriptors kept free for everything else wrk opens.
 FD_MARGIN = 256
+# Virtual users per scenario step whose requests give the step's latency (users_step).
+PROBE_USERS = 50
 
 
 class WrkFailed(RuntimeError):
@@ -128,7 +130,7 @@ def run_wrk(base: str, script: str, args: list[str], *, label: str, connections:
                   timeout_s=timeout_s).result()
 
 
-def users_step(base: str, users: int, seconds: float, *, probes: int = 50, settle_s: float = 3.0,
+def users_step(base: str, users: int, seconds: float, *, probes: int = PROBE_USERS, settle_s: float = 3.0,
                think_ms: int = 1000, timeout_s: float = 10.0) -> WrkStats:
     """``users`` virtual users for ``seconds``; latency from ``probes`` of them that join after the rest settled.
 

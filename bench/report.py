@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from bench.loadgen import PROBE_USERS
 from schema.settings import Settings
 
 Out = Callable[[str], None]
@@ -180,6 +181,8 @@ def print_all(r: dict, say: Out) -> None:
     out(f"client: {c['client']['tool']} on the same machine")
     for k in ("table", "scenario", "mixed"):
         out(f"  {k}: {c['client'][k]}")
+    out(f"scenario: per step the bulk of the users start first, {PROBE_USERS} probe users 3 s later; the step's "
+        "latency is the probes', its req/s and errors are everyone's (bench/loadgen.py users_step)")
     out("durations (s): " + json.dumps({k: v for k, v in c["durations"].items() if k != "scale"})
         + ("  SHORTENED by flags" if c["durations_shortened"] else ""))
     out("phase wall times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in r["phases_s"].items())
@@ -195,15 +198,16 @@ def _opt(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
 
 
-def estimate_full(phases: dict[str, float], full: Any, quick: Any) -> dict[str, float]:
+def estimate_full(phases: dict[str, float], full: Any, quick: Any, slowest_refresh_s: float) -> dict[str, float]:
     """Seconds a full run should take, from this quick run's phase times.
 
     Fixed durations come from the FULL plan (the scenario's ramp counted whole,
     the Before pages at their cap); each phase's overhead beyond its wrk time
     (process start, warm-up probes) is taken from this run as is; the seed uses
     SEED_BENCH_S; the data-bound rest (the queries after the load test) is
-    scaled by the bench/quick row ratio, the drain (debounce windows plus the
-    last refreshes) doubled. A rough figure, printed as such."""
+    scaled by the bench/quick row ratio, and the drain (debounce windows plus
+    the last refresh) grows by the slowest view's refresh scaled the same way.
+    A rough figure, printed as such."""
     def wrk_time(p: Any) -> dict[str, float]:
         return {"before": 4 * p.before_max_s,
                 "actual": 4 * (p.warmup_s + p.page_s),
@@ -217,8 +221,7 @@ def estimate_full(phases: dict[str, float], full: Any, quick: Any) -> dict[str, 
         # quick's "before" may end before its cap (fast pages): its overhead is then counted as 0
         est[name] = wf[name] + max(0.0, phases.get(name, 0.0) - wq[name])
     est["before"] += 4 * full.before_max_s / full.before_samples  # the probe request per page
-    # Draining waits for the debounce windows (scale-free) plus the last refreshes (longer at bench scale).
-    est["drain"] = 2 * phases.get("drain", 0.0)
-    est["after"] = BENCH_OVER_QUICK * phases.get("after", 0.0)  # full-table reads (commit times) and EXPLAIN
+    est["drain"] = phases.get("drain", 0.0) + (BENCH_OVER_QUICK - 1) * slowest_refresh_s
+    est["after"] = max(20.0, BENCH_OVER_QUICK * phases.get("after", 0.0))  # full-table reads, EXPLAIN
     est["total"] = sum(est.values())
     return est

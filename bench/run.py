@@ -78,8 +78,8 @@ class Durations:
     profile_s: float  # py-spy, a separate mixed run
 
 
-FULL = Durations(scale="bench", page_s=15, before_min_s=10, before_max_s=40, before_samples=15, warmup_s=3,
-                 ramp=(250, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000), step_s=12, hold_s=60, mixed_s=45,
+FULL = Durations(scale="bench", page_s=15, before_min_s=10, before_max_s=30, before_samples=15, warmup_s=3,
+                 ramp=(250, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000), step_s=10, hold_s=45, mixed_s=40,
                  mixed_connections=64, profile_s=12)
 QUICK = Durations(scale="quick", page_s=8, before_min_s=5, before_max_s=20, before_samples=15, warmup_s=2,
                   ramp=(100, 250, 500, 1000, 1500, 2000, 3000), step_s=6, hold_s=15, mixed_s=20,
@@ -171,8 +171,10 @@ def conditions(engine: sa.Engine, args: argparse.Namespace, plan: Durations, sta
             "tool": " ".join(wrk_version), "same_machine_as_server": True,
             "table": "wrk -t1 -c1 (one connection), signed in as one of 200 users; search: 20,000 distinct "
                      "two-word queries (mostly page-cache misses)",
-            "scenario": "wrk -t2 -c<users>, bench/wrk/users.lua: anonymous GET /api/projects, then a wait "
-                        "uniform in 0.5-1.5 s",
+            "scenario": "bench/wrk/users.lua: anonymous GET /api/projects, then a wait uniform in 0.5-1.5 s; "
+                        "per step two wrk -t2 runs: the bulk of the users, and 50 probe users started 3 s later "
+                        "whose requests give the latency (wrk opens a run's connections at once); req/s and "
+                        "errors of both",
             "mixed": f"wrk -t2 -c{plan.mixed_connections}, bench/wrk/mixed.lua, closed loop: feed 40%, "
                      "leaderboard 20%, dashboard 20%, search 15% (150 queries), upvote toggle 5%",
         },
@@ -230,7 +232,8 @@ def run(args: argparse.Namespace) -> int:
     clock = Clock()
     started_at = dt.datetime.now(dt.UTC)
     stamp = started_at.strftime("%Y%m%dT%H%M%SZ") + ("-quick" if args.quick else "")
-    results.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(args.results_dir) if args.results_dir else results.RESULTS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
     args.load_at_start = os.getloadavg()
     loadgen.raise_fd_limit()
     report.print_plan(plan, args, clock.say)
@@ -351,9 +354,10 @@ def run(args: argparse.Namespace) -> int:
             return stats
 
         mixed_n = mixed(f"mixed, {workers} workers", plan.mixed_s)
-        prof: dict[str, Any] = {"samples": 0, "skipped": "py-spy not installed"}
+        prof: dict[str, Any] = {"samples": 0, "skipped": "--profile-seconds 0" if plan.profile_s <= 0 else
+                                "py-spy not installed (pip install -r requirements-dev.txt)"}
         if plan.profile_s > 0 and profile.pyspy_path():
-            spies = profile.start_pyspy(stack.api_worker_pids(), plan.profile_s + 1, results.RESULTS_DIR, stamp)
+            spies = profile.start_pyspy(stack.api_worker_pids(), plan.profile_s + 1, out_dir, stamp)
             start = time.time()
             loadgen.run_wrk(stack.api_base, "mixed.lua", mixed_args, label="profiled", duration=plan.profile_s,
                             connections=plan.mixed_connections)
@@ -417,10 +421,11 @@ def run(args: argparse.Namespace) -> int:
         }
         result["conditions"] = conditions(engine, args, plan, stack, rows, seed_s, gunicorn, users_cap)
         if args.quick:
-            result["estimate_full_s"] = report.estimate_full(clock.phases, FULL, QUICK)
+            slowest_refresh_ms = max((v["avg_ms"] for v in result["mv_refresh_by_view_engine"].values()), default=0.0)
+            result["estimate_full_s"] = report.estimate_full(clock.phases, FULL, QUICK, slowest_refresh_ms / 1000)
         report.print_all(result, clock.say)
-        path = results.write(result, stamp)
-        png = results.plot(result, results.RESULTS_DIR / f"{stamp}.png")
+        path = results.write(result, stamp, out_dir)
+        png = results.plot(result, out_dir / f"{stamp}.png")
         missing = results.problems(result)
         print(f"\nresult: {path}\nplot:   {png}")
         if missing:
@@ -458,8 +463,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, help="gunicorn workers (default: GUNICORN_WORKERS, i.e. 2)")
     parser.add_argument("--shared-buffers", help="Postgres shared_buffers (default: 1/4 of RAM, 128MB..4GB)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, wrk inputs)")
+    parser.add_argument("--results-dir", help="where the JSON, the plot and py-spy's stacks go (default bench/results)")
     short = parser.add_argument_group("shorter phases (the output and the result file say they were shortened)")
     short.add_argument("--page-seconds", type=float, help="Actual column, per page")
+    short.add_argument("--warmup-seconds", type=float, help="warm-up before each measured run of the product")
     short.add_argument("--before-max-seconds", type=float, help="Before column, at most, per page")
     short.add_argument("--step-seconds", type=float, help="each ramp step of the scenario")
     short.add_argument("--hold-seconds", type=float, help="the scenario's hold")
@@ -467,7 +474,7 @@ def main(argv: list[str]) -> int:
     short.add_argument("--profile-seconds", type=float, help="py-spy run (0: no profile)")
     short.add_argument("--max-users", type=int, help="stop the ramp at this many virtual users")
     args = parser.parse_args(argv)
-    args.overrides = {"page_s": args.page_seconds, "before_max_s": args.before_max_seconds,
+    args.overrides = {"page_s": args.page_seconds, "warmup_s": args.warmup_seconds, "before_max_s": args.before_max_seconds,
                       "step_s": args.step_seconds, "hold_s": args.hold_seconds, "mixed_s": args.mixed_seconds,
                       "profile_s": args.profile_seconds}
     if args.before_max_seconds is not None:

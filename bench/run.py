@@ -303,7 +303,8 @@ def run(args: argparse.Namespace) -> int:
             paths, toks = page_inputs[page]
             first_path = paths.read_text().split()[0]
             t = probe_seconds(stack.before_base + first_path, token_list[0])
-            seconds = min(plan.before_max_s, max(plan.before_min_s, plan.before_samples * t))
+            # Long enough for before_samples requests within the bounds, and for three in any case.
+            seconds = max(min(plan.before_max_s, max(plan.before_min_s, plan.before_samples * t)), 3 * t + 1)
             before[page] = loadgen.run_wrk(stack.before_base, "pages.lua", [str(paths), str(toks)], label=page,
                                            connections=1, threads=1, duration=seconds, timeout_s=300)
             clock.say(f"  before  {before[page].line()}")

@@ -116,13 +116,14 @@ def print_all(r: dict, say: Out) -> None:
         f"connections open, and {c['cpu_count']} CPUs are shared by wrk, gunicorn, Postgres, Redis and Celery")
     out("")
     out(f"== Load test: mixed profile ({c['client']['mixed']}) ==")
-    for key in ("mixed", "mixed_plus_one"):
+    for key in ("mixed", "mixed_plus_one", "mixed_again"):
         m = load[key]
         out(f"{m['label']:<22} {m['rps']:8.0f} req/s  p50 {m['p50_ms']:.2f}  p95 {m['p95_ms']:.2f}  "
             f"p99 {m['p99_ms']:.2f} ms  errors {sum(m['errors'].values())} ({m['error_rate'] * 100:.2f}%)")
+    base = (load["mixed"]["rps"] + load["mixed_again"]["rps"]) / 2
     out(f"one more gunicorn worker ({load['workers']} -> {load['workers'] + 1}) adds {load['rps_per_added_worker']:+.0f} "
-        f"req/s ({load['rps_per_added_worker'] / max(load['mixed']['rps'], 1) * 100:+.0f}%) on {c['cpu_count']} "
-        f"shared CPUs")
+        f"req/s ({load['rps_per_added_worker'] / max(base, 1) * 100:+.0f}% of the mean of the two {load['workers']}-worker "
+        f"runs) on {c['cpu_count']} CPUs shared with wrk, Postgres and the workers")
 
     out("")
     out("== After the load test: the guide's queries ==")
@@ -213,7 +214,7 @@ def estimate_full(phases: dict[str, float], full: Any, quick: Any, slowest_refre
                 "actual": 4 * (p.warmup_s + p.page_s),
                 # each step: the bulk users settle 3 s before the probe users' step_s, +1 s tail
                 "scenario": (len(p.ramp) + 2) * (p.step_s + 4) + p.hold_s + 4,
-                "mixed": 2 * (p.warmup_s + p.mixed_s) + p.profile_s}
+                "mixed": 3 * (p.warmup_s + p.mixed_s) + p.profile_s}
     wf, wq = wrk_time(full), wrk_time(quick)
     est = {"setup": phases.get("setup", 0.0), "seed": float(SEED_BENCH_S), "start": phases.get("start", 0.0),
            "stop": phases.get("stop", 0.0)}

@@ -15,8 +15,8 @@ as ``make up`` does (bench/product.py) and measures, in this order:
             (p99 >= 200 ms or any error), held at the highest passing step, ramped
             down (bench/wrk/users.lua)
   mixed     signed-in feed, leaderboard, dashboard, search and 5% upvote toggles
-            (bench/wrk/mixed.lua), closed loop, at N gunicorn workers and at N+1
-            (what one more worker adds); py-spy samples the API in between
+            (bench/wrk/mixed.lua), closed loop, at N gunicorn workers, N+1, and N
+            again (what one more worker adds); py-spy samples the API at N
   after     the guide's cache hit ratio and MV refresh average, slow queries, and
             staleness per view of the mixed profile's writes (bench/freshness.py's
             matching: commit -> completion of the first refresh started after it)
@@ -339,7 +339,7 @@ def run(args: argparse.Namespace) -> int:
 
         # ---------------------------------------------------------------- mixed profile
         clock.phase("mixed", f"mixed profile, {plan.mixed_connections} connections, closed loop, "
-                             f"{plan.mixed_s:.0f} s at {workers} and at {workers + 1} workers")
+                             f"{plan.mixed_s:.0f} s at {workers}, {workers + 1}, then {workers} workers again")
         mixed_args = [str(tokens), str(inputs["search"][0]), str(upvotes)]
         t_mixed0 = time.time()
         windows = []
@@ -367,8 +367,12 @@ def run(args: argparse.Namespace) -> int:
             prof = profile.summarize([path for _, path in spies])
             if not prof["samples"]:
                 prof["skipped"] = "; ".join(e for e in errors if e)[:300] or "no samples"
+        # A-B-A: the refreshes the writes cause (every max_wait, ~30 s) take CPU from whichever run
+        # they fall in; measuring N before and after N+1 keeps that from favouring one side.
         stack.start_api(workers + 1)
         mixed_n1 = mixed(f"mixed, {workers + 1} workers", plan.mixed_s)
+        stack.start_api(workers)
+        mixed_again = mixed(f"mixed, {workers} again", plan.mixed_s)
         t_mixed1 = time.time()
 
         # ---------------------------------------------------------------- after the load test
@@ -412,8 +416,8 @@ def run(args: argparse.Namespace) -> int:
                 "workers": workers,
                 "scenario": {"steps": scenario.steps, "peak": scenario.peak, "note": scenario.peak_note,
                              "ramp": ramp, "users_cap": users_cap},
-                "mixed": mixed_n.as_dict(), "mixed_plus_one": mixed_n1.as_dict(),
-                "rps_per_added_worker": mixed_n1.rps - mixed_n.rps,
+                "mixed": mixed_n.as_dict(), "mixed_plus_one": mixed_n1.as_dict(), "mixed_again": mixed_again.as_dict(),
+                "rps_per_added_worker": mixed_n1.rps - (mixed_n.rps + mixed_again.rps) / 2,
             },
             "slow_queries": [{"calls": c, "mean_ms": m, "query": q[:300]} for c, m, q in slow],
             "explain": {"page": slowest, "plan": explain},

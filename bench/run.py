@@ -281,6 +281,7 @@ def run(args: argparse.Namespace) -> int:
         app = celery_app(settings, main="bench-run")
         stack.start_workers()
         stack.wait_workers(app)
+        app.close()
         stack.start_api(workers)
         clock.say(f"API on {stack.api_base} ({workers} workers x {settings.gunicorn_threads} threads, "
                   f"{settings.gunicorn_worker_class}); workers and Beat answering")

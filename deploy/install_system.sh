@@ -19,6 +19,8 @@ if [ -n "$pgbin" ]; then
 fi
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v psql >/dev/null || missing+=(postgresql-client)
+# The load generator of `make bench` (bench/load.py); small, so installed with the rest.
+command -v wrk >/dev/null || missing+=(wrk)
 
 # Headless Chromium for the status page test (tests/test_status_page.py). Not
 # needed to run the stack, so it never fails the install: installed on Debian
@@ -45,6 +47,6 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "install: apt-get install ${missing[*]} failed" >&2
   exit 1
 fi
-if [ "$(uname)" = Darwin ]; then hint="brew install postgresql@17 redis"; else hint="sudo apt-get install -y ${missing[*]}"; fi
+if [ "$(uname)" = Darwin ]; then hint="brew install postgresql@17 redis wrk"; else hint="sudo apt-get install -y ${missing[*]}"; fi
 echo "install: missing ${missing[*]}; install with: $hint (or set DATABASE_URL and REDIS_URL to servers you run)" >&2
 exit 1

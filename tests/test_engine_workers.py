@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
 
 # Registered before the import below so pytest also rewrites its asserts.
 pytest.register_assert_rewrite("engine_helpers")
+from api_helpers import api_client  # noqa: E402
 from engine_helpers import (  # noqa: E402
     LOCK_TTL,
     MAX_RETRIES,
@@ -313,6 +314,14 @@ def test_failing_refresh_retries_with_growing_delays_and_others_keep_refreshing(
     report = refresh_health(c.engine)
     assert report["status"] == "degraded"
     assert "mv_test_fail" in report["failing_views"]
+    # GET /health (the API's route, monitoring/http.py) says so too, naming the view and its error.
+    with api_client(c.database_url, c.redis_url) as (client, _deps):
+        health = client.simulate_get("/health")
+    assert health.status_code == 503 and health.json["status"] == "degraded", health.json
+    assert health.json["checks"]["database"]["status"] == "healthy"
+    views_check = health.json["checks"]["materialized_views"]
+    assert views_check["status"] == "degraded" and "mv_test_fail" in views_check["failing_views"], views_check
+    assert "division by zero" in views_check["errors"]["mv_test_fail"]
     assert all("division by zero" in row.error for row in failed)
     # Exponential backoff: each gap between attempts is longer than the one before.
     starts = [row.refresh_started_at for row in failed[: MAX_RETRIES + 1]]
@@ -323,6 +332,9 @@ def test_failing_refresh_retries_with_growing_delays_and_others_keep_refreshing(
     c.execute("UPDATE engine_flags SET enabled = false WHERE name = 'fail'")
     wait_until(lambda: c.completed_since(mark, "mv_test_fail"), 30, what="the failing view to recover")
     wait_until(lambda: "mv_test_fail" not in refresh_health(c.engine)["failing_views"], 10, what="health to recover")
+    with api_client(c.database_url, c.redis_url) as (client, _deps):
+        views_check = client.simulate_get("/health").json["checks"]["materialized_views"]
+    assert "mv_test_fail" not in views_check["failing_views"], views_check
 
 
 def test_redis_flushed_mid_refresh_the_engine_recovers(engine_cluster: EngineCluster) -> None:

@@ -62,19 +62,47 @@ def test_every_read_endpoint_answers_over_http(server, engine):
     for path in ["/api/dashboard", "/api/conversations", "/api/intros/stats"]:
         assert http("GET", server.url(path)).status == 401
         r = http("GET", server.url(path), headers=bearer(token))
-        assert r.status in (200, 404), (path, r.body)  # 404 only while phase 1 is absent
+        assert r.status == 200, (path, r.body)
+        assert set(r.body) == {"data", "meta"}
     r = http("GET", server.url("/apidoc/swagger"))
     assert r.status == 200
+
+
+def test_every_write_endpoint_answers_over_http(server, engine, redis_url):
+    """POST happy paths through gunicorn: create a project, comment on it, upvote it, admin refresh."""
+    token = token_for(engine, "alice")
+    r = http("POST", server.url("/api/projects"), headers=bearer(token),
+             body={"title": "Over HTTP", "description": "made through gunicorn", "tags": ["http"]})
+    assert r.status == 201, r.body
+    pid = r.body["data"]["id"]
+    assert r.headers["location"] == f"/api/projects/{pid}"
+    assert http("GET", server.url(f"/api/projects/{pid}")).body["data"]["title"] == "Over HTTP"
+    r = http("POST", server.url(f"/api/projects/{pid}/comments"), headers=bearer(token), body={"body": "first"})
+    assert r.status == 201, r.body
+    r = http("POST", server.url(f"/api/projects/{pid}/upvote"), headers=bearer(token))
+    assert r.status == 200 and r.body["data"]["upvoted"] is True, r.body
+    assert q1(engine, "SELECT count(*) FROM project_comments WHERE project_id = :p", p=pid) == 1
+    assert q1(engine, "SELECT count(*) FROM project_upvotes WHERE project_id = :p", p=pid) == 1
+    admin = token_for(engine, "admin", admin=True)
+    rds = redis_lib.Redis.from_url(redis_url)
+    queued = rds.llen("refresh")
+    r = http("POST", server.url("/api/admin/refresh/mv_feed_projects"), headers=bearer(admin))
+    assert r.status == 202 and r.body["data"]["task_id"], r.body
+    assert rds.llen("refresh") == queued + 1  # on the broker, for a worker to take
+    rds.delete("refresh")
+    rds.close()
 
 
 def test_errors_over_http_are_json(server, engine):
     cases = [("GET", "/api/nope", 404), ("DELETE", "/api/projects", 405), ("GET", "/api/projects?limit=500", 422),
              ("GET", f"/api/projects/{uuid.uuid4()}", 404), ("GET", "/api/projects/12", 404),
-             ("GET", "/api/dashboard", 401), ("GET", "/api/search", 422)]
+             ("GET", "/api/dashboard", 401), ("GET", "/api/search", 422), ("GET", "/api/projects?cursor=bogus", 400)]
     for method, path, status in cases:
         r = http(method, server.url(path))
         assert r.status == status, (path, r.body)
         assert set(r.body) == {"error"} and {"code", "message"} <= set(r.body["error"])
+    r = http("DELETE", server.url("/api/projects"))
+    assert "GET" in r.headers["allow"] and "POST" in r.headers["allow"]
     token = token_for(engine, "carol")
     r = http("POST", server.url("/api/admin/refresh/mv_feed_projects"), headers=bearer(token))
     assert r.status == 403

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -57,8 +58,15 @@ def embedded_redis(env: dict[str, str]) -> EmbeddedRedis:
 def read_stack_env() -> dict[str, str]:
     if not STACK_ENV.exists():
         return {}
-    pairs = (line.split("=", 1) for line in STACK_ENV.read_text().splitlines() if "=" in line and not line.startswith("#"))
-    return {k: v for k, v in pairs}
+    found = {}
+    for line in STACK_ENV.read_text().splitlines():
+        if "=" not in line or line.startswith("#"):
+            continue
+        words = shlex.split(line.removeprefix("export "))
+        if len(words) == 1 and "=" in words[0]:
+            key, value = words[0].split("=", 1)
+            found[key] = value
+    return found
 
 
 def resolve_services(env: dict[str, str]) -> dict[str, str]:
@@ -87,11 +95,19 @@ def resolve_services(env: dict[str, str]) -> dict[str, str]:
     return effective
 
 
+def shown(path: Path) -> str:
+    """A path as the user should type it: relative to the checkout when inside it."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def write_stack_env(effective: dict[str, str]) -> None:
+    """Exported, so `source <run dir>/stack.env` reaches commands run from that shell
+    (`python -m api token`, `python -m schema migrate`, curl "$API_URL/...")."""
     RUN.mkdir(exist_ok=True)
-    lines = ["# Written by `make up`: the settings of the running stack. `source .run/stack.env` to use them."]
-    lines += [f"{k}={v}" for k, v in sorted(effective.items())]
+    lines = [f"# Written by `make up`: the settings of the running stack. `source {shown(STACK_ENV)}` to use them."]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(effective.items())]
     STACK_ENV.write_text("\n".join(lines) + "\n")
+    STACK_ENV.chmod(0o600)  # may carry JWT_SECRET and URLs with passwords
 
 
 def _pid_file(name: str) -> Path:
@@ -125,7 +141,7 @@ def start_process(proc: Process, env: dict[str, str]) -> int:
     child = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL, start_new_session=True)
     _pid_file(proc.name).write_text(str(child.pid))
-    _say(f"started {proc.name} (pid {child.pid}, log .run/logs/{proc.name}.log)")
+    _say(f"started {proc.name} (pid {child.pid}, log {shown(LOGS / (proc.name + '.log'))})")
     return child.pid
 
 
@@ -184,9 +200,11 @@ def up(seed_scale: str = "demo") -> int:
     env.update(effective)
     settings = Settings.from_env(env)
     check_flower_exposure(settings)
-    for key in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+    for key in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "JWT_SECRET", "API_PORT", "FLOWER_PORT"):
         if env.get(key):
             effective[key] = env[key]
+    # Not a setting: where the API answers, for the shell (README's curl examples).
+    effective["API_URL"] = f"http://{settings.api_host}:{settings.api_port}"
     write_stack_env(effective)
 
     _say("applying migrations")
@@ -219,7 +237,7 @@ def up(seed_scale: str = "demo") -> int:
     print(f"  Redis       {settings.redis_url}")
     print(f"  Broker      {_redact(settings.celery_broker_url)}")
     print(f"  Processes   {', '.join(p.name for p in procs)} (logs: make logs; state: make status)")
-    print("  Settings    source .run/stack.env   (then e.g. `python -m api token --user alice`)")
+    print(f"  Settings    source {shown(STACK_ENV)}   (then e.g. `python -m api token --user alice`)")
     return 0
 
 

@@ -24,7 +24,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from deploy.embedded import EmbeddedPostgres, EmbeddedRedis, MissingBinary, ServiceError, port_open
+from deploy.embedded import (
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    MissingBinary,
+    ServiceError,
+    find_pg_bindir,
+    find_redis_server,
+    port_open,
+)
 from deploy.processes import Process, processes
 from schema.db import DatabaseUnavailable, raw_connection
 from schema.settings import Settings, SettingsError
@@ -72,6 +80,12 @@ def read_stack_env() -> dict[str, str]:
 def resolve_services(env: dict[str, str]) -> dict[str, str]:
     """Start private servers for what the environment does not provide; return the effective settings env."""
     effective: dict[str, str] = {}
+    # Every binary needed is found before anything starts: a missing redis-server
+    # must not leave a private Postgres running (nothing half-started).
+    if not env.get("DATABASE_URL"):
+        find_pg_bindir()
+    if not env.get("REDIS_URL"):
+        find_redis_server()
     if env.get("DATABASE_URL"):
         _say("using DATABASE_URL from the environment (no private Postgres)")
     else:

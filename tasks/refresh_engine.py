@@ -21,7 +21,9 @@ Guarantees and where they come from:
   becomes ``abandoned`` in the next sweep, its Redis lock expires after one
   TTL, and its request rows make the view due again.
 
-Redis down or flushed (decided here, tested in tests/test_engine_faults.py):
+Redis down, flushed or restarted (decided here; tested in tests/test_engine_service.py
+with Redis unreachable, tests/test_engine_workers.py flushed mid-refresh and
+tests/test_engine_redis_restart.py restarted empty under a real worker and Beat):
 Redis is an accelerator, not the source of truth. If Redis cannot be reached
 to take the lock, the refresh still runs, under the advisory lock and the
 fence, which keep it single-flight on their own. If the lock is lost while a

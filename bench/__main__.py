@@ -2,6 +2,7 @@
 
     python -m bench run [--quick] [--only NAMES] [--database-url URL --redis-url URL]
     python -m bench compare A.json B.json
+    python -m bench summary A.json
 
 ``run`` seeds ONE database (bench scale, or quick with ``--quick``) in a private
 Postgres and Redis started for the run (or uses the URLs given, seeding the
@@ -29,6 +30,7 @@ import difflib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -167,11 +169,64 @@ def run(args: argparse.Namespace) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{started_at.strftime('%Y%m%dT%H%M%SZ')}-{scale}.json"
     path.write_text(json.dumps(record, indent=1))
-    print("\nbench: summary")
+    print("\nbench: the guide's success metrics (this machine, this run)")
+    for line in summary(record):
+        print("  " + line)
+    print("\nbench: steps")
     for step in record["steps"]:  # type: ignore[union-attr]
         print(f"  {step['name']:<18} exit {step['rc']}  {step['seconds']:>7.0f} s")
     print(f"bench: results in {path.relative_to(ROOT)} (compare two with `make bench-compare A=... B=...`)")
     return 0 if all(step["rc"] == 0 for step in record["steps"]) else 1  # type: ignore[union-attr]
+
+
+# The guide's "Success Metrics" rows, filled from the benchmarks' own output lines.
+GUIDE_ROWS = (  # (metric, guide's before, guide's target, read_models read, api_load endpoint)
+    ("Feed Load Time", "800ms", "120ms", "feed: trending, top 20", "feed"),
+    ("Leaderboard Load Time", "1200ms", "80ms", "leaderboard: projects, top 20", "leaderboard"),
+    ("Dashboard Load Time", "600ms", "50ms", "dashboard (top builder)", "dashboard"),
+    ("Search Response Time", "1500ms", "150ms", None, "search"),
+)
+READ_RE = re.compile(r"^(?P<name>\S.*?)\s+(?P<a>[\d.]+) \(\s*(?P<a99>[\d.]+)\)\s+(?P<b>[\d.]+) \(\s*(?P<b99>[\d.]+)\)"
+                     r"\s+(?P<ratio>\d+)x")
+API_RE = re.compile(r"^(?P<name>[a-z_]+)\s+(?P<rps>\d+)\s+(?P<p50>[\d.]+)\s+(?P<p99>[\d.]+)\s+\d+\s+\d+\s+"
+                    r"(?P<x>[\d.]+)\s")
+SEARCH_RE = re.compile(r"^(?P<name>search_combined|before: ILIKE over base tables)\s+(?P<p50>[\d.]+)\s+(?P<p99>[\d.]+)")
+REFRESH_RE = re.compile(r"^(?P<change>nothing changed|100 new upvotes|\+1 upvote on 5% of projects)\s+[\d,]+ "
+                        r"(?P<view>mv_\w+)\s+\d+\s+(?P<ms>[\d,]+)\s+(?P<rows>[\d,]+)")
+
+
+def summary(record: dict) -> list[str]:
+    """The guide's success-metrics table (as far as the steps that ran measured it)."""
+    out = {step["name"]: step["output"] for step in record["steps"]}
+    reads = {m["name"].strip(): m for line in out.get("read_models", []) if (m := READ_RE.match(line))}
+    api = {m["name"]: m for line in out.get("api_load", []) if (m := API_RE.match(line))}
+    search = {m["name"]: m for line in out.get("search_latency", []) if (m := SEARCH_RE.match(line))}
+    refresh = [m for line in out.get("read_models", []) if (m := REFRESH_RE.match(line))]
+    lines = [f"{'metric':<24}{'guide before':>13}{'target':>8}  {'base tables p50':>16}{'view p50 (p99)':>18}"
+             f"{'API p50 / p99 ms':>19}{'API req/s':>11}"]
+    for metric, before, target, read, endpoint in GUIDE_ROWS:
+        base = view = "n/a"
+        if read and read in reads:
+            r = reads[read]
+            base, view = f"{float(r['b']):.1f} ms", f"{float(r['a']):.2f} ({float(r['a99']):.2f}) ms"
+        elif endpoint == "search" and "search_combined" in search:
+            base = f"{float(search['before: ILIKE over base tables']['p50']):.1f} ms" if len(search) > 1 else "n/a"
+            view = f"{float(search['search_combined']['p50']):.1f} ({float(search['search_combined']['p99']):.1f}) ms"
+        a = api.get(endpoint)
+        api_lat = f"{float(a['p50']):.1f} / {float(a['p99']):.1f}" if a else "n/a"
+        api_rps = f"{a['rps']}" if a else "n/a"
+        lines.append(f"{metric:<24}{before:>13}{target:>8}  {base:>16}{view:>18}{api_lat:>19}{api_rps:>11}")
+    for change in ("nothing changed", "100 new upvotes", "+1 upvote on 5% of projects"):
+        ms = [int(m["ms"].replace(",", "")) for m in refresh if m["change"] == change]
+        if ms:
+            feed = [int(m["ms"].replace(",", "")) for m in refresh
+                    if m["change"] == change and m["view"] == "mv_feed_projects"]
+            lines.append(f"MV refresh (avg), {change}: {sum(ms) / len(ms):,.0f} ms over {len(ms)} refreshes "
+                         f"(guide target < 500 ms); mv_feed_projects {', '.join(f'{x:,}' for x in feed)} ms")
+    if "hello" in api:
+        lines.append(f"minimal Falcon (hello) on the same gunicorn: {api['hello']['rps']} req/s; "
+                     + ", ".join(f"{n} {float(m['x']):.2f}x" for n, m in api.items() if n != "hello"))
+    return lines
 
 
 def compare(a_path: str, b_path: str) -> int:
@@ -208,9 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("compare", help="differences between two result files")
     c.add_argument("a")
     c.add_argument("b")
+    m = sub.add_parser("summary", help="the guide's success-metrics table of a result file")
+    m.add_argument("file")
     args = parser.parse_args(argv)
     if args.command == "run":
         return run(args)
+    if args.command == "summary":
+        for line in summary(json.loads(Path(args.file).read_text())):
+            print(line)
+        return 0
     return compare(args.a, args.b)
 
 

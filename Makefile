@@ -52,10 +52,10 @@ lint: install
 migrate: install
 	@$(WITH_ENV) $(PY) -m schema migrate
 
-bench: install  ## the guide's success-metrics table at bench scale (about 20 minutes)
+bench: install  ## every benchmark on one bench-scale database, then the guide's success-metrics table (about 1 to 1.5 hours on 2 cores)
 	@$(PY) -m bench run
 
-bench-quick: install  ## the same at a small scale, a few minutes
+bench-quick: install  ## the same at quick scale with short durations (about 10 minutes)
 	@$(PY) -m bench run --quick
 
 bench-compare: install  ## make bench-compare A=bench/results/x.json B=bench/results/y.json

@@ -151,6 +151,9 @@ def start_process(proc: Process, env: dict[str, str]) -> int:
     PIDS.mkdir(parents=True, exist_ok=True)
     LOGS.mkdir(parents=True, exist_ok=True)
     argv = [str(BIN / proc.argv[0]), *proc.argv[1:]]
+    if proc.argv[0] == "celery":
+        # Restarted if it dies (a worker can, on a broker outage): see deploy/supervise.py.
+        argv = [str(BIN / "python"), "-m", "deploy.supervise", "--name", proc.name, "--", *argv]
     log = open(LOGS / f"{proc.name}.log", "ab")
     child = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL, start_new_session=True)

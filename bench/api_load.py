@@ -2,7 +2,7 @@
 
 Starts a private Postgres cluster and redis-server (or uses the admin server of
 ``BENCH_DATABASE_URL``), creates a database, migrates and seeds it at the
-scale, then for each gunicorn worker class (``--worker-classes``, default
+scale (or uses ``--database-url`` as it is, seeding it only if empty), then for each gunicorn worker class (``--worker-classes``, default
 ``gthread,sync``) runs, on the SAME gunicorn settings and in the same run:
 
   hello          a minimal Falcon endpoint (bench/api_minimal.py): the baseline
@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--worker-classes", default="gthread,sync")
     parser.add_argument("--endpoints", default="feed,leaderboard,feed_signed,dashboard,details,search,search_cold")
+    parser.add_argument("--database-url", help="use this database (migrated; seeded at --scale if it has no users) "
+                                               "instead of creating one")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, inputs)")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -207,22 +209,33 @@ def main(argv: list[str] | None = None) -> int:
     pg = redis = None
     admin = os.environ.get("BENCH_DATABASE_URL")
     try:
-        if not admin:
+        if not admin and not args.database_url:
             pg = EmbeddedPostgres(work / "pg", free_port(), settings={"shared_buffers": "512MB"})
             pg.start()
             admin = pg.admin_url()
         redis = EmbeddedRedis(work / "redis", free_port())
         redis.start()
-        dbname = f"bench_api_{int(time.time())}"
-        with raw_connection(admin, autocommit=True) as conn, conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{dbname}"')  # generated name, not input
-        url = str(sa.engine.make_url(admin).set(database=dbname).render_as_string(hide_password=False))
-        t0 = time.monotonic()
-        migrate(url, out=lambda line: None)
         from schema.seed import seed
 
-        seed(url, args.scale, seed=42, out=lambda line: None)
-        print(f"# prepared database {dbname} at scale {args.scale} in {time.monotonic() - t0:.0f} s", flush=True)
+        t0 = time.monotonic()
+        if args.database_url:
+            url = args.database_url
+            dbname = sa.engine.make_url(url).database
+            with raw_connection(url, autocommit=True) as conn, conn.cursor() as cur:
+                cur.execute("SELECT EXISTS (SELECT 1 FROM users)")
+                seeded = cur.fetchone()[0]
+            if not seeded:
+                seed(url, args.scale, seed=42, out=lambda line: None)
+            print(f"# using database {dbname} (--database-url)" + ("" if seeded else
+                  f", seeded at scale {args.scale} in {time.monotonic() - t0:.0f} s"), flush=True)
+        else:
+            dbname = f"bench_api_{int(time.time())}"
+            with raw_connection(admin, autocommit=True) as conn, conn.cursor() as cur:
+                cur.execute(f'CREATE DATABASE "{dbname}"')  # generated name, not input
+            url = str(sa.engine.make_url(admin).set(database=dbname).render_as_string(hide_password=False))
+            migrate(url, out=lambda line: None)
+            seed(url, args.scale, seed=42, out=lambda line: None)
+            print(f"# prepared database {dbname} at scale {args.scale} in {time.monotonic() - t0:.0f} s", flush=True)
         engine = make_engine(url, pool_size=2)
         with engine.begin() as conn:  # give every view a logged generation (as the engine would)
             conn.execute(sa.text("INSERT INTO mv_refresh_requests (view_name) SELECT view_name FROM mv_registry"))

@@ -246,9 +246,10 @@ class EmbeddedRedis:
             raise ServiceError(
                 f"port {self.port} is already in use by another process; set EMBEDDED_REDIS_PORT to a free port"
             )
+        binary = find_redis_server()  # before creating anything
         self.work_dir.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(self.work_dir), "--daemonize", "yes", "--pidfile", str(self.pid_file),
              "--logfile", str(self.log_file)],
             check=True, capture_output=True, timeout=30,

@@ -151,7 +151,12 @@ def start_process(proc: Process, env: dict[str, str], pids: PidFiles) -> int:
         _say(f"{proc.name} already running (pid {pid})")
         return pid
     log = LOGS / f"{proc.name}.log"
-    pid = pids.start(proc.name, [str(BIN / proc.argv[0]), *proc.argv[1:]], env, log)
+    argv = [str(BIN / proc.argv[0]), *proc.argv[1:]]
+    if proc.argv[0] == "celery":
+        # Restarted if it dies (a worker can, on a broker outage), as systemd's
+        # Restart=always does in production: see deploy/supervise.py.
+        argv = [str(BIN / "python"), "-m", "deploy.supervise", "--name", proc.name, "--", *argv]
+    pid = pids.start(proc.name, argv, env, log)
     _say(f"started {proc.name} (pid {pid}, log {_shown(log)})")
     return pid
 
@@ -188,7 +193,9 @@ def up(seed_scale: str = "demo") -> int:
     env.update(derived)
     settings = Settings.from_env(env)
     documented = documented_settings()
-    write_stack_env({**{k: v for k, v in env.items() if k in documented and v}, **derived})
+    # API_URL is not a setting: where the API answers, for the shell (README's curl examples).
+    write_stack_env({**{k: v for k, v in env.items() if k in documented and v}, **derived,
+                     "API_URL": f"http://{settings.api_host}:{settings.api_port}"})
 
     for step in setup_commands(seed_scale):
         subprocess.run([str(BIN / step[0]), *step[1:]], cwd=ROOT, env=env, check=True)

@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-DEFAULT_JWT_SECRET = "dev-insecure-change-me"  # refused in production, see validate()
+DEFAULT_JWT_SECRET = "dev-insecure-change-me-not-for-production"  # refused in production, see validate()
 
 
 class SettingsError(ValueError):

@@ -18,7 +18,6 @@ import sys
 
 import sqlalchemy as sa
 
-from schema.db import queries
 from schema.settings import Settings, SettingsError
 from tasks import refresh_engine
 from tasks.deps import Deps
@@ -51,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(refresh_engine.request_refresh(deps, args.view)))
             return 0
         if args.command == "due":
-            with deps.engine.connect() as conn:
-                rows = conn.execute(queries("refresh")["due_views"]).mappings().all()
+            rows = refresh_engine.due_views(deps)
             for row in rows:
                 state = "due" if row["due"] else "waits"
                 print(f"{row['view_name']:<28} {state:<6} {row['reason']:<11} pending={row['pending_requests']}")

@@ -21,7 +21,9 @@ Guarantees and where they come from:
   becomes ``abandoned`` in the next sweep, its Redis lock expires after one
   TTL, and its request rows make the view due again.
 
-Redis down or flushed (decided here, tested in tests/test_engine_faults.py):
+Redis down, flushed or restarted (decided here; tested in tests/test_engine_service.py
+with Redis unreachable, tests/test_engine_workers.py flushed mid-refresh and
+tests/test_engine_redis_restart.py restarted empty under a real worker and Beat):
 Redis is an accelerator, not the source of truth. If Redis cannot be reached
 to take the lock, the refresh still runs, under the advisory lock and the
 fence, which keep it single-flight on their own. If the lock is lost while a
@@ -51,6 +53,10 @@ log = logging.getLogger(__name__)
 
 # Namespace (first key) of the per-view advisory locks: "MV".
 ADVISORY_NAMESPACE = 0x4D56
+
+# Seconds from a sweep's decision to the refresh taking its snapshot (task hand-off
+# through the broker, the lock, the begin transaction), with room to spare on a busy box.
+HANDOFF_MARGIN = 0.5
 
 COMPLETED = "completed"  # refreshed and committed
 SKIPPED = "skipped"  # nothing pending (or superseded by a newer fence); nothing refreshed
@@ -421,13 +427,26 @@ def fold_denorm_deltas(engine: Engine) -> str | None:
     return str(rows[0][0]) if len(rows) == 1 else f"{len(rows)} rows"
 
 
+def due_views(deps: Deps) -> list[sa.RowMapping]:
+    """Views with pending requests, each with ``due`` and ``reason`` (see the ``due_views`` query).
+
+    The sweep looks one sweep interval plus HANDOFF_MARGIN ahead, so a view is
+    enqueued before its oldest request has waited max_wait, not up to a sweep
+    interval after.
+    """
+    lead = deps.settings.sweep_interval + HANDOFF_MARGIN
+    with deps.engine.connect() as conn:
+        return list(conn.execute(_q("due_views"), {"lead": lead}).mappings().all())
+
+
 def sweep_refresh_queue(deps: Deps, enqueue: Callable[[str], object]) -> SweepResult:
     """One Beat sweep: close abandoned refreshes, fold deltas, enqueue due views.
 
     ``enqueue(view_name)`` sends the refresh (the Celery task passes
     ``refresh_view.apply_async``). Debounce is decided by mv_due_views() in
     Postgres: a view is due once quiet for its window or when its oldest
-    request has waited max_wait, and never while a live refresh of it runs.
+    request has waited max_wait (looking one sweep ahead, see ``due_views``),
+    and never while a live refresh of it runs.
     """
     result = SweepResult()
     if not deps.settings.mv_refresh_worker_enabled:
@@ -444,8 +463,7 @@ def sweep_refresh_queue(deps: Deps, enqueue: Callable[[str], object]) -> SweepRe
         # Folding is Phase 1's business; a failure there must not stop refreshes.
         log.error("fold_denorm_deltas() failed: %s", _one_line(exc))
         result.folded = f"failed: {_one_line(exc)}"
-    with deps.engine.connect() as conn:
-        rows = conn.execute(_q("due_views")).mappings().all()
+    rows = due_views(deps)
     for row in rows:
         view_name = row["view_name"]
         if not row["due"]:

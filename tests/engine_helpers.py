@@ -138,12 +138,14 @@ class CeleryProcess:
     env: dict[str, str]
     log_path: Path
     proc: subprocess.Popen | None = None
+    supervised: bool = False  # under deploy/supervise.py, as `make up` runs it (restarted if it dies)
 
     def start(self) -> CeleryProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
+        prefix = [sys.executable, "-m", "deploy.supervise", "--name", self.name, "--"] if self.supervised else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tasks", *self.argv],
+            [*prefix, sys.executable, "-m", "celery", "-A", "tasks", *self.argv],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
@@ -221,13 +223,17 @@ class EngineCluster:
     workers: dict[str, WorkerProcess] = field(default_factory=dict)
     beats: list[BeatProcess] = field(default_factory=list)
 
-    def start_worker(self, name: str, **kwargs: Any) -> WorkerProcess:
-        worker = WorkerProcess.create(name, self.env, self.log_dir, **kwargs).start()
+    def start_worker(self, name: str, supervised: bool = False, **kwargs: Any) -> WorkerProcess:
+        worker = WorkerProcess.create(name, self.env, self.log_dir, **kwargs)
+        worker.supervised = supervised
+        worker.start()
         self.workers[name] = worker
         return worker
 
-    def start_beat(self, name: str = "beat") -> BeatProcess:
-        beat = BeatProcess.create(name, self.env, self.log_dir).start()
+    def start_beat(self, name: str = "beat", supervised: bool = False) -> BeatProcess:
+        beat = BeatProcess.create(name, self.env, self.log_dir)
+        beat.supervised = supervised
+        beat.start()
         self.beats.append(beat)
         return beat
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import sqlalchemy as sa
 
-from deploy.embedded import free_port
+from deploy.embedded import free_port, port_open
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,3 +72,23 @@ def test_missing_redis_binary_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "redis" in proc.stderr and "install" in proc.stderr
+
+
+def test_missing_redis_binary_starts_no_private_postgres(tmp_path: Path) -> None:
+    """Both servers embedded, redis-server missing: refused before the private Postgres starts."""
+    base = Path(tempfile.mkdtemp(prefix="discovery-halfup-"))
+    base.chmod(0o755)  # reachable by the postgres OS user, so a Postgres started by mistake would run
+    run_dir, pg_port = base / "run", free_port()
+    env = {"REDIS_SERVER": str(tmp_path / "no-redis-server"), "DISCOVERY_RUN_DIR": str(run_dir),
+           "EMBEDDED_PG_PORT": str(pg_port), "EMBEDDED_REDIS_PORT": str(free_port())}
+    try:
+        proc = run_cli(["-m", "deploy.stack", "up"], env)
+        assert proc.returncode != 0
+        assert proc.stderr.strip().count("\n") == 0, proc.stderr
+        assert "redis-server" in proc.stderr and "install" in proc.stderr
+        assert not port_open(pg_port), "a private Postgres was left running"
+        assert not (run_dir / "pg" / "PG_VERSION").exists()
+        assert not (run_dir / "stack.env").exists() and not (run_dir / "pids").exists()
+    finally:
+        run_cli(["-m", "deploy.stack", "down"], env)  # stops whatever a failure left behind
+        shutil.rmtree(base, ignore_errors=True)

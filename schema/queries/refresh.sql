@@ -63,7 +63,24 @@ SELECT fold_denorm_deltas();
 CALL fold_denorm_deltas();
 
 -- name: due_views
-SELECT view_name, pending_requests, first_requested_at, last_requested_at, due, reason FROM mv_due_views();
+-- What the sweep enqueues: mv_due_views() (quiet for the window, or the oldest
+-- request has waited max_wait), looking ahead by :lead seconds. The next sweep
+-- comes one interval later and a task takes a moment to start, so waiting for
+-- the oldest request to reach max_wait exactly would start refreshes up to a
+-- sweep interval late; a view whose oldest request reaches max_wait within
+-- :lead (one sweep interval plus a hand-off margin) is due now. Under a steady
+-- stream of writes refreshes then start at most max_wait apart.
+SELECT d.view_name, d.pending_requests, d.first_requested_at, d.last_requested_at,
+       d.due OR a.ahead AS due,
+       CASE WHEN a.ahead AND NOT d.due THEN 'max_wait' ELSE d.reason END AS reason
+FROM mv_due_views() d
+JOIN mv_registry r ON r.view_name = d.view_name
+CROSS JOIN LATERAL (
+    SELECT d.reason = 'debouncing'
+           AND clock_timestamp() - d.first_requested_at
+               >= make_interval(secs => greatest(r.max_wait_seconds - CAST(:lead AS float8), 0)) AS ahead
+) a
+ORDER BY r.refresh_order, d.view_name;
 
 -- name: refresh_health
 -- Per view: queue status, last outcome, failures in the last hour, staleness.

@@ -23,6 +23,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from psycopg2 import sql as pgsql
+
 from deploy.embedded import EmbeddedPostgres, EmbeddedRedis, MissingBinary, ServiceError, port_open
 from deploy.processes import Process, processes
 from schema.db import DatabaseUnavailable, raw_connection
@@ -72,7 +74,7 @@ def resolve_services(env: dict[str, str]) -> dict[str, str]:
         with raw_connection(pg.admin_url(), autocommit=True) as conn, conn.cursor() as cur:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DB,))
             if cur.fetchone() is None:
-                cur.execute(f'CREATE DATABASE "{EMBEDDED_DB}"')  # constant name
+                cur.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(EMBEDDED_DB)))
         effective["DATABASE_URL"] = pg.admin_url(EMBEDDED_DB)
         effective["EMBEDDED_PG"] = "1"
         _say(f"private Postgres running on 127.0.0.1:{pg.port} (data in {pg.data_dir})")

@@ -570,16 +570,29 @@ def refresh_every_view(stack: FaultStack, timeout: float = 90.0) -> None:
             time.sleep(0.3)  # "locked": a sweep refresh of the view was finishing
 
 
-def view_differences(stack: FaultStack) -> dict[str, int]:
+# Columns a view keeps stale on purpose until its next refresh for another
+# reason: 0030 leaves project_upvotes (and the other popularity-only tables) out
+# of mv_search_index's dependencies, so votes alone do not re-index search.
+LAGGING_BY_DESIGN = {"mv_search_index": ["popularity"]}
+
+
+def view_differences(stack: FaultStack, *, skip_lagging: bool = False) -> dict[str, int]:
     """Rows that differ between each view and its defining query run now (EXCEPT ALL, both ways).
 
-    The view name comes from mv_registry and is quoted by Postgres (format %I)."""
+    ``skip_lagging``: leave out the LAGGING_BY_DESIGN columns (the check with
+    nothing pending, before one more refresh). Names come from mv_registry and
+    pg_attribute and are quoted by Postgres (format %I, quote_ident)."""
     out = {}
     for view in stack.views():
         sql = stack.scalar(
-            "SELECT format('SELECT count(*) FROM ((TABLE %1$I EXCEPT ALL (%2$s)) UNION ALL "
-            "((%2$s) EXCEPT ALL TABLE %1$I)) d', view_name, rtrim(pg_get_viewdef(to_regclass(view_name)), ';')) "
-            "FROM mv_registry WHERE view_name = :v", v=view)
+            "SELECT format('SELECT count(*) FROM ((SELECT %3$s FROM %1$I EXCEPT ALL SELECT %3$s FROM (%2$s) d) "
+            "UNION ALL (SELECT %3$s FROM (%2$s) d EXCEPT ALL SELECT %3$s FROM %1$I)) x', r.view_name, "
+            "rtrim(pg_get_viewdef(to_regclass(r.view_name)), ';'), "
+            "(SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute a "
+            " WHERE a.attrelid = to_regclass(r.view_name) AND a.attnum > 0 AND NOT a.attisdropped "
+            " AND a.attname <> ALL(CAST(:skip AS text[])))) "
+            "FROM mv_registry r WHERE r.view_name = :v",
+            v=view, skip=LAGGING_BY_DESIGN.get(view, []) if skip_lagging else [])
         out[view] = int(stack.scalar(sql))
     return {v: n for v, n in out.items() if n}
 

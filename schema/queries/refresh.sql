@@ -63,7 +63,19 @@ SELECT fold_denorm_deltas();
 CALL fold_denorm_deltas();
 
 -- name: due_views
-SELECT view_name, pending_requests, first_requested_at, last_requested_at, due, reason FROM mv_due_views();
+-- covered_us: when the view's last committed refresh covered its requests
+-- (epoch microseconds, 0 = never), read in the same snapshot as "due". The
+-- sweep hands it to the refresh it enqueues (see refreshed_since).
+SELECT d.view_name, d.pending_requests, d.first_requested_at, d.last_requested_at, d.due, d.reason,
+       coalesce((extract(epoch FROM r.covered_at) * 1000000)::bigint, 0) AS covered_us
+FROM mv_due_views() d
+JOIN mv_registry r ON r.view_name = d.view_name
+ORDER BY r.refresh_order, d.view_name;
+
+-- name: refreshed_since
+-- Whether a refresh of the view committed after the sweep read covered_us.
+SELECT coalesce((extract(epoch FROM covered_at) * 1000000)::bigint, 0) <> :seen_us
+FROM mv_registry WHERE view_name = :view;
 
 -- name: refresh_health
 -- Per view: queue status, last outcome, failures in the last hour, staleness.

@@ -174,18 +174,34 @@ def wait_http(url: str, timeout: float, expect: int = 200) -> tuple[bool, str]:
 
 
 def check_flower_exposure(settings: Settings) -> None:
-    if settings.flower_host not in LOOPBACK and not settings.flower_basic_auth:
+    """Flower shows every task's arguments and can revoke tasks: beyond localhost only with auth."""
+    if settings.flower_host in LOOPBACK:
+        return
+    if not settings.flower_basic_auth:
         raise SettingsError(
             f"FLOWER_HOST={settings.flower_host} exposes Flower beyond localhost; set FLOWER_BASIC_AUTH=user:password"
         )
+    # Flower's own format: user:password[,user2:password2]; an entry without a password protects nothing.
+    for entry in settings.flower_basic_auth.split(","):
+        user, _, password = entry.partition(":")
+        if not user.strip() or not password:
+            raise SettingsError("FLOWER_BASIC_AUTH must be user:password (comma-separated for several users)")
+
+
+def preflight(env: dict[str, str]) -> None:
+    """Refuse bad settings before anything starts (no private server left running
+    by a `make up` that then refuses). The database URL may not exist yet (the
+    embedded one starts later); a placeholder lets every other setting be checked."""
+    settings = Settings.from_env({**env, "DATABASE_URL": env.get("DATABASE_URL") or "postgresql://embedded/unresolved"})
+    check_flower_exposure(settings)
 
 
 def up(seed_scale: str = "demo") -> int:
     env = dict(os.environ)
+    preflight(env)
     effective = resolve_services(env)
     env.update(effective)
     settings = Settings.from_env(env)
-    check_flower_exposure(settings)
     for key in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
         if env.get(key):
             effective[key] = env[key]

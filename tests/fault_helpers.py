@@ -585,8 +585,10 @@ def view_differences(stack: FaultStack, *, skip_lagging: bool = False) -> dict[s
     out = {}
     for view in stack.views():
         sql = stack.scalar(
-            "SELECT format('SELECT count(*) FROM ((SELECT %3$s FROM %1$I EXCEPT ALL SELECT %3$s FROM (%2$s) d) "
-            "UNION ALL (SELECT %3$s FROM (%2$s) d EXCEPT ALL SELECT %3$s FROM %1$I)) x', r.view_name, "
+            # The definition runs once (a materialized CTE), compared both ways.
+            "SELECT format('WITH d AS MATERIALIZED (%2$s) SELECT count(*) FROM ((SELECT %3$s FROM %1$I "
+            "EXCEPT ALL SELECT %3$s FROM d) UNION ALL (SELECT %3$s FROM d EXCEPT ALL SELECT %3$s FROM %1$I)) x', "
+            "r.view_name, "
             "rtrim(pg_get_viewdef(to_regclass(r.view_name)), ';'), "
             "(SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute a "
             " WHERE a.attrelid = to_regclass(r.view_name) AND a.attnum > 0 AND NOT a.attisdropped "

@@ -68,7 +68,7 @@ SEED = int(os.environ.get("FAULTS_SEED") or time.time())
 WORKER_KILLS = 20 if FULL else 3
 GUNICORN_KILLS = 3 if FULL else 1
 OUTAGE = 8.0 if FULL else 4.0  # seconds a stopped service stays away
-TWO_BEATS_FOR = 30.0 if FULL else 8.0
+TWO_BEATS_FOR = 30.0 if FULL else 5.0
 
 
 @pytest.fixture(scope="module")

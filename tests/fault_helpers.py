@@ -720,6 +720,7 @@ class FaultResult:
 
 
 RESULTS: list[FaultResult] = []
+NOTES: list[str] = []  # printed under the table
 
 
 def fault_table(results: list[FaultResult]) -> str:
@@ -743,7 +744,7 @@ def fault_table(results: list[FaultResult]) -> str:
     def line(cells: tuple[str, ...]) -> str:
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
 
-    out = [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]
+    out = [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows), *NOTES]
     problems = [f"  {r.fault}: {p}" for r in results for p in r.problems]
     if problems:
         out += ["not survived:", *problems]

@@ -231,16 +231,11 @@ class FaultStack:
 
     def gunicorn_workers(self) -> list[int]:
         assert self.api is not None and self.api.proc is not None
-        master = self.api.proc.pid
-        children = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == master:
-                children.append(int(stat.parent.name))
-        return sorted(children)
+        return children_of(self.api.proc.pid)
+
+    def worker_children(self, node: str) -> list[int]:
+        """The pool processes of our worker ``node``."""
+        return children_of(self.workers[node].pid)
 
     def redis_pid(self, server: EmbeddedRedis) -> int:
         pid = server.pid()
@@ -294,6 +289,18 @@ class FaultStack:
             self.execute("UPDATE fault_flags SET enabled = :e WHERE name = :n", e=enabled, n=name)
         if seconds is not None:
             self.execute("UPDATE fault_flags SET seconds = :s WHERE name = :n", s=seconds, n=name)
+
+
+def children_of(parent: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            children.append(int(stat.parent.name))
+    return sorted(children)
 
 
 @contextmanager

@@ -216,7 +216,8 @@ def test_refresh_worker_killed_mid_refresh_repeatedly(harness: Harness, stack: F
                 60, interval=0.02, what="a refresh to kill")[0]
             time.sleep(rng.uniform(0.0, 0.3))  # a random moment, inside the refresh or just after it
             node, pid = row.worker.split(" pid ")
-            victim.update(first_id=row.id, node=node, pid=None if whole else pid)
+            pids = stack.worker_children(node) if whole else [int(pid)]
+            victim.update(first_id=row.id, workers=[f"{node} pid {p}" for p in pids])
             if whole:
                 stack.workers[node].kill(signal.SIGKILL)
                 killed = now()
@@ -230,12 +231,13 @@ def test_refresh_worker_killed_mid_refresh_repeatedly(harness: Harness, stack: F
 
         def after(result: FaultResult, victim: dict = victim) -> None:
             nonlocal mid_refresh
-            # The refreshes the kill interrupted: the killed process's rows since the target row.
-            worker = f"{victim['node']} pid {victim['pid'] or '%'}"
+            # The refreshes the kill interrupted: the killed processes' rows since the target row
+            # (not those of the worker started again under the same name).
             statuses = [r[0] for r in stack.rows(
-                "SELECT status FROM mv_refresh_log WHERE id >= :i AND worker LIKE :w", i=victim["first_id"], w=worker)]
+                "SELECT status FROM mv_refresh_log WHERE id >= :i AND worker = ANY(:w)",
+                i=victim["first_id"], w=victim["workers"])]
             if "in_progress" in statuses:
-                result.problems.append(f"a refresh of the killed {worker} is still in_progress")
+                result.problems.append(f"a refresh of the killed {victim['workers']} is still in_progress")
             if "abandoned" in statuses:
                 mid_refresh += 1
             else:

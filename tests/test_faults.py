@@ -363,8 +363,12 @@ def test_postgres_connections_terminated(harness: Harness, stack: FaultStack) ->
 
 def test_broker_unavailable(harness: Harness, stack: FaultStack) -> None:
     """The broker Redis stopped and started empty: queued and unacknowledged
-    messages are lost; requests live in Postgres, so the sweep re-enqueues."""
+    messages are lost; requests live in Postgres, so the sweep re-enqueues.
+    Stopped while a refresh runs (its message unacknowledged): that used to
+    kill the worker (tasks/consumer.py)."""
     def inject(result: FaultResult) -> float:
+        wait_until(lambda: stack.rows("SELECT 1 FROM mv_refresh_log WHERE status = 'in_progress'"), 60,
+                   interval=0.02, what="a refresh running")
         stack.broker_redis.stop()
         time.sleep(OUTAGE)
         stack.broker_redis.start()

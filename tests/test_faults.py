@@ -136,14 +136,29 @@ class Harness:
             result.problems.append(f"/health never reported {expect!r} during the fault (saw: {result.health_seen})")
         if after is not None:
             after(result)
-        self.verify(result, mark)
-        RESULTS.append(result)
+        try:
+            self.verify(result, mark)
+        except AssertionError as exc:  # a check that could not even run is a fault not survived
+            result.problems.append(f"checks could not complete: {exc}")
+        finally:
+            RESULTS.append(result)
         return result
 
     def verify(self, result: FaultResult, mark: int) -> None:
         s = self.stack
         self.load.pause()
         try:
+            # A process that died by itself (not one the suite killed) did not survive the
+            # fault; start it again, as a supervisor would, so the next fault starts whole.
+            dead = [node for node, proc in s.workers.items() if not proc.alive()]
+            dead_beats = [beat for beat in s.beats if not beat.alive()]
+            if dead or dead_beats:
+                result.problems.append(f"processes exited: {dead + [b.name for b in dead_beats]}:\n{s.logs(30)}")
+                for node in dead:
+                    s.restart_worker(node)
+                for beat in dead_beats:
+                    s.beats.remove(beat)
+                    s.start_beat(beat.name)
             for node in s.workers:
                 s.wait_worker(node)
             wait_quiescent(s)

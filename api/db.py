@@ -100,6 +100,7 @@ class Prepared:
         # Composed with psycopg2.sql: the name is an Identifier we generated, the
         # body is the named query's own text, values stay bound placeholders.
         ident = pgsql.Identifier(self.name)
+        # sql-safe: the body is a named query of schema/queries/api_*.sql, compiled
         self.prepare_sql = pgsql.SQL("PREPARE {} AS {}").format(ident, pgsql.SQL(str(compiled_sql)))
         args = pgsql.SQL(", ").join(pgsql.Placeholder(p) for p in self.params)
         self.execute_sql = (pgsql.SQL("EXECUTE {} ({})").format(ident, args) if self.params

@@ -36,12 +36,20 @@ Choices and why:
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
-from schema.settings import Settings
+from schema.settings import Settings, SettingsError
 
-_settings = Settings.from_env()
+try:
+    _settings = Settings.from_env()
+except SettingsError as exc:
+    # One line naming the setting and a non-zero exit, instead of gunicorn's
+    # "Failed to read config file" and a traceback (SystemExit passes through
+    # gunicorn's config loader, which catches Exception only).
+    print(f"api: refusing to start: {exc}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
 
 bind = f"{_settings.api_host}:{_settings.api_port}"
 workers = _settings.gunicorn_workers

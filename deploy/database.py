@@ -15,8 +15,9 @@ import sqlalchemy as sa
 from deploy.embedded import EmbeddedPostgres
 from schema.db import check_connection, load_queries, make_engine
 
-EMBEDDED_DB = "discovery"
+EMBEDDED_DB = "discovery"  # also in database.sql's create_database
 QUERIES = load_queries(Path(__file__).with_name("database.sql"))
+SUPERUSER_HINT = "a superuser can run: CREATE EXTENSION pg_stat_statements;"
 
 
 def create_embedded_database(pg: EmbeddedPostgres) -> str:
@@ -25,7 +26,7 @@ def create_embedded_database(pg: EmbeddedPostgres) -> str:
     try:
         with engine.connect() as conn:
             if conn.execute(QUERIES["database_exists"], {"name": EMBEDDED_DB}).first() is None:
-                conn.execute(sa.text(f'CREATE DATABASE "{EMBEDDED_DB}"'))  # a constant name
+                conn.execute(QUERIES["create_database"])
     finally:
         engine.dispose()
     return pg.admin_url(EMBEDDED_DB)
@@ -53,8 +54,7 @@ def enable_pg_stat_statements(database_url: str, out: Callable[[str], None] = pr
                 conn.execute(QUERIES["create_pg_stat_statements"])
             except sa.exc.ProgrammingError as exc:
                 reason = str(exc.orig).strip().splitlines()[0]
-                out(f"pg_stat_statements: not created ({reason}); a superuser can run: "
-                    "CREATE EXTENSION pg_stat_statements;")
+                out(f"pg_stat_statements: not created ({reason}); {SUPERUSER_HINT}")
                 return False
     finally:
         engine.dispose()

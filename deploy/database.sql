@@ -6,6 +6,10 @@
 -- name: database_exists
 SELECT 1 FROM pg_database WHERE datname = :name
 
+-- name: create_database
+-- The stack's database in the private cluster (name: EMBEDDED_DB in database.py).
+CREATE DATABASE discovery
+
 -- name: preload_libraries
 SELECT current_setting('shared_preload_libraries') AS libraries
 

@@ -179,10 +179,18 @@ def wait_http(url: str, timeout: float, expect: int = 200) -> tuple[bool, str]:
 
 
 def check_flower_exposure(settings: Settings) -> None:
-    if settings.flower_host not in LOOPBACK and not settings.flower_basic_auth:
+    """Flower shows every task's arguments and can revoke tasks: beyond localhost only with auth."""
+    if settings.flower_host in LOOPBACK:
+        return
+    if not settings.flower_basic_auth:
         raise SettingsError(
             f"FLOWER_HOST={settings.flower_host} exposes Flower beyond localhost; set FLOWER_BASIC_AUTH=user:password"
         )
+    # Flower's own format: user:password[,user2:password2]; an entry without a password protects nothing.
+    for entry in settings.flower_basic_auth.split(","):
+        user, _, password = entry.partition(":")
+        if not user.strip() or not password:
+            raise SettingsError("FLOWER_BASIC_AUTH must be user:password (comma-separated for several users)")
 
 
 def up(seed_scale: str = "demo") -> int:

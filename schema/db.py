@@ -135,7 +135,7 @@ def load_queries(path: Path) -> dict[str, sa.TextClause]:
         sql = code.strip().rstrip(";").strip()
         if name in queries:
             raise ValueError(f"{path.name}: query {name!r} defined twice")
-        queries[name] = sa.text(sql)
+        queries[name] = sa.text(sql)  # sql-safe: the text of a schema/queries/*.sql file
     return queries
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg2
+from psycopg2 import sql as pgsql
 
 from schema.db import raw_connection
 
@@ -213,8 +214,8 @@ def _apply_statements(
             try:
                 if index and _index_is_invalid(cur, index.group(1)):
                     out(f"{migration.name}: index {index.group(1)} is INVALID (an earlier build failed); rebuilding")
-                    # The name comes from our own migration file, never from input.
-                    cur.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{index.group(1)}"')
+                    # The name comes from our own migration file, never from input; quoted anyway.
+                    cur.execute(pgsql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(pgsql.Identifier(index.group(1))))
                 cur.execute(statement)
             except psycopg2.Error as exc:
                 label = index.group(1) if index else statement.splitlines()[0][:80]

@@ -873,8 +873,10 @@ class _Loader:
         def run(r_lo: int, r_hi: int) -> int:
             if window is None:
                 params = {"n": n_children, "p": n_parents, "beta": BETA[table], "r_lo": r_lo, "r_hi": r_hi}
+                # sql-safe: a template constant of this module completed with PARENTS_SQL
                 return self.execute(statement.format(parents=PARENTS_SQL), params)
             windowed, params = self.windowed(table, n_children, n_parents, *window, r_lo, r_hi)
+            # sql-safe: a template constant completed with WINDOWED_PARENTS_SQL (constants; values bound)
             return self.execute(statement.format(windowed=windowed), params)
 
         return self.load(table, n_children, run, _chunks(n_children, n_parents, BETA[table]))
@@ -902,6 +904,7 @@ class _Loader:
         p.check_pair_room("conversations", s.conversations, p.initiators, room)
         windowed, params = self.windowed("conversations", s.conversations, p.initiators, room // 100, room, 910,
                                          0, p.initiators)
+        # sql-safe: CONVERSATIONS_TEMP_SQL completed with WINDOWED_PARENTS_SQL (constants; values bound)
         self.execute(CONVERSATIONS_TEMP_SQL.format(windowed=windowed), params)
         rows = self.execute(CONVERSATIONS_SQL)
         loads["conversations"] = TableLoad(rows, time.monotonic() - started)
@@ -1026,11 +1029,11 @@ def _rebuild_indexes(cur: psycopg2.extensions.cursor, indexes: list[_Index]) -> 
     for ix in indexes:
         try:
             if ix.constraint:
-                # Definitions come from the catalog (pg_get_constraintdef), not from input.
+                # sql-safe: the definition was read from the catalog (pg_get_constraintdef), not from input
                 cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} ").format(
                     sql.Identifier(ix.table), sql.Identifier(ix.constraint)) + sql.SQL(ix.definition))
             else:
-                cur.execute(sql.SQL(ix.definition))
+                cur.execute(sql.SQL(ix.definition))  # sql-safe: read from the catalog (pg_get_indexdef)
         except (pg_errors.ForeignKeyViolation, pg_errors.UniqueViolation) as exc:
             detail = str(exc).strip().splitlines()[0]
             raise SeedError(f"generated data violates {ix.table}.{ix.name} (a generator bug; nothing was "
@@ -1051,8 +1054,10 @@ def _views_in_refresh_order(cur: psycopg2.extensions.cursor) -> list[str]:
     if cur.fetchone()[0]:
         cur.execute("SELECT count(*) FROM information_schema.columns "
                     "WHERE table_name = 'mv_registry' AND column_name = 'refresh_order'")
-        order = "refresh_order, view_name" if cur.fetchone()[0] else "view_name"
-        cur.execute(sql.SQL("SELECT view_name FROM mv_registry ORDER BY {}").format(sql.SQL(order)))
+        if cur.fetchone()[0]:
+            cur.execute("SELECT view_name FROM mv_registry ORDER BY refresh_order, view_name")
+        else:
+            cur.execute("SELECT view_name FROM mv_registry ORDER BY view_name")
         preferred = [r[0] for r in cur.fetchall() if r[0] in views]
     cur.execute(
         """

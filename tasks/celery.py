@@ -109,6 +109,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": 3300,
         "task_time_limit": 3600,
         "beat_scheduler": "beat:DiscoveryScheduler",
+        # Celery's consumer, except that a broker lost while a task is running no
+        # longer kills the worker (tasks/consumer.py). Named by string: only a
+        # worker process imports it.
+        "worker_consumer": "tasks.consumer:Consumer",
     }
 
 

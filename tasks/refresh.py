@@ -60,19 +60,20 @@ def _statement_budget(task: Task) -> float | None:
 
 # throws: an unknown name is an expected refusal, logged without a traceback.
 @app.task(bind=True, name=REFRESH_VIEW, acks_late=True, reject_on_worker_lost=True, throws=(UnknownView,))
-def refresh_view(self: Task, view_name: str, manual: bool = True) -> dict[str, Any]:
+def refresh_view(self: Task, view_name: str, manual: bool = True, seen_us: int | None = None) -> dict[str, Any]:
     """Refresh one view under its lock (see refresh_engine.run_refresh).
 
     ``manual`` defaults to True because a call that names only the view is a
     person asking for a refresh (``celery -A tasks call tasks.refresh_view
     --args='["mv_feed_projects"]'``, the API's admin endpoint): it refreshes
-    even with no request pending. The sweep passes ``manual=False``.
+    even with no request pending. The sweep passes ``manual=False`` and
+    ``seen_us`` (the view's covered_at when it found it due; a retry keeps it).
     """
     deps = worker_deps()
     try:
         result = refresh_engine.run_refresh(
             deps, view_name, manual=bool(manual), worker=_worker_name(self),
-            statement_timeout_s=_statement_budget(self),
+            statement_timeout_s=_statement_budget(self), seen_us=seen_us,
         )
     except UnknownView as exc:
         log.error("refresh_view refused: %s", exc)
@@ -102,8 +103,8 @@ def sweep_refresh_queue() -> dict[str, Any]:
     """Beat's sweep: mark abandoned refreshes, fold Phase 1 deltas, enqueue due views."""
     deps = worker_deps()
 
-    def enqueue(view_name: str) -> None:
-        refresh_view.apply_async(args=[view_name], kwargs={"manual": False})
+    def enqueue(view_name: str, seen_us: int) -> None:
+        refresh_view.apply_async(args=[view_name], kwargs={"manual": False, "seen_us": seen_us})
 
     return refresh_engine.sweep_refresh_queue(deps, enqueue).as_dict()
 

@@ -222,6 +222,7 @@ def run_refresh(
     manual: bool = False,
     worker: str | None = None,
     statement_timeout_s: float | None = None,
+    seen_us: int | None = None,
 ) -> RefreshResult:
     """Refresh one view unless another refresh of it is running.
 
@@ -229,6 +230,16 @@ def run_refresh(
     requests stay pending, so the next sweep comes back after the running
     refresh ends. A manual refresh (``manual=True``) refreshes even when no
     request is pending; a sweep refresh with nothing pending is ``skipped``.
+
+    ``seen_us`` (sweep refreshes): the view's ``covered_at`` when the sweep
+    found it due. If a refresh of the view has committed since, this one is a
+    duplicate and is ``skipped`` without refreshing: the sweep decided on
+    requests that are covered now, and the ones that came after wait for their
+    own debounce window. Duplicates come from a sweep that read the view as due
+    just before its refresh started and claimed the enqueue marker just after
+    that refresh cleared it (overlapping sweeps, two Beats), from sweeps that
+    enqueue without the marker while Redis is down, and from messages the
+    broker redelivers after a worker died.
 
     Raises UnknownView before anything else for a name not in mv_registry,
     and RefreshFailed (after rolling back and logging ``failed``) when the
@@ -260,7 +271,8 @@ def run_refresh(
         result.lock_acquired_at = lock.acquired_at or time.time()
         try:
             _refresh_locked(deps, lock, result, force=manual, statement_timeout_s=statement_timeout_s,
-                            on_started=lambda: None if manual else clear_queued(deps, view_name))
+                            on_started=lambda: None if manual else clear_queued(deps, view_name),
+                            seen_us=None if manual else seen_us)
             marker_cleared = True
         finally:
             lock.release()  # compare-and-delete; a no-op when Redis was down at acquire
@@ -281,6 +293,7 @@ def _refresh_locked(
     force: bool,
     statement_timeout_s: float | None,
     on_started: Callable[[], None],
+    seen_us: int | None = None,
 ) -> None:
     """The part that runs while the Redis lock (if any) is held."""
     view_name = result.view_name
@@ -292,6 +305,14 @@ def _refresh_locked(
             result.status, result.detail = LOCKED, "another session holds the view's advisory lock"
             return
         try:
+            # Checked under both locks: no refresh of the view can commit between
+            # this check and our own.
+            if seen_us is not None and conn.execute(
+                    _q("refreshed_since"), {"view": view_name, "seen_us": int(seen_us)}).scalar():
+                conn.commit()
+                result.status = SKIPPED
+                result.detail = "already refreshed since the sweep enqueued this refresh (a duplicate)"
+                return
             # The fence is taken after the lock: a holder whose lock expired
             # and was taken over has a lower fence and is refused by
             # mv_refresh_run's registry check.
@@ -439,11 +460,13 @@ def due_views(deps: Deps) -> list[sa.RowMapping]:
         return list(conn.execute(_q("due_views"), {"lead": lead}).mappings().all())
 
 
-def sweep_refresh_queue(deps: Deps, enqueue: Callable[[str], object]) -> SweepResult:
+def sweep_refresh_queue(deps: Deps, enqueue: Callable[[str, int], object]) -> SweepResult:
     """One Beat sweep: close abandoned refreshes, fold deltas, enqueue due views.
 
-    ``enqueue(view_name)`` sends the refresh (the Celery task passes
-    ``refresh_view.apply_async``). Debounce is decided by mv_due_views() in
+    ``enqueue(view_name, seen_us)`` sends the refresh (the Celery task passes
+    ``refresh_view.apply_async``); ``seen_us`` is the view's covered_at as this
+    sweep read it, so a refresh that finds the view refreshed since knows it is
+    a duplicate (see run_refresh). Debounce is decided by mv_due_views() in
     Postgres: a view is due once quiet for its window or when its oldest
     request has waited max_wait (looking one sweep ahead, see ``due_views``),
     and never while a live refresh of it runs.
@@ -471,7 +494,7 @@ def sweep_refresh_queue(deps: Deps, enqueue: Callable[[str], object]) -> SweepRe
             continue
         result.due.append(view_name)
         if claim_enqueue(deps, view_name):
-            enqueue(view_name)
+            enqueue(view_name, int(row["covered_us"]))
             result.enqueued.append(view_name)
         else:
             result.already_queued.append(view_name)

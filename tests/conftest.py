@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -196,3 +197,17 @@ def empty_engine(empty_database_url: str) -> Iterator[sa.engine.Engine]:
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault suite's table (tests/test_faults.py), when it ran: at the end of the
+    output whether or not pytest captured the tests' own prints."""
+    helpers = sys.modules.get("fault_helpers")
+    if helpers is None or not helpers.RESULTS:
+        return
+    table = helpers.fault_table(helpers.RESULTS)
+    terminalreporter.section(f"fault suite ({helpers.SIZE} size)")
+    for line in table.splitlines():
+        terminalreporter.write_line(line)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / f"faults-{helpers.SIZE}.txt").write_text(table + "\n")

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import jwt
 import pytest
+import redis as redis_lib
 import sqlalchemy as sa
 from api_helpers import ROOT, SECRET, api_client, bearer, token_for, user_row
 
@@ -54,11 +55,15 @@ def project_id(engine) -> str:
         return str(conn.execute(sa.text("SELECT id FROM mv_feed_projects ORDER BY id LIMIT 1")).scalar())
 
 
-def counts(engine: sa.Engine) -> tuple[int, int, int]:
+def counts(engine: sa.Engine) -> tuple[int, ...]:
+    """Rows of every table a write could touch, refresh requests included (any write
+    to a base table inserts one in the same transaction, so a rejected request that
+    wrote anything anywhere shows here)."""
     with engine.connect() as conn:
         return tuple(conn.execute(sa.text(
             "SELECT (SELECT count(*) FROM projects), (SELECT count(*) FROM project_comments), "
-            "(SELECT count(*) FROM project_upvotes)")).one())
+            "(SELECT count(*) FROM project_upvotes), (SELECT count(*) FROM mv_refresh_requests), "
+            "(SELECT count(*) FROM user_dashboard_stats_deltas)")).one())
 
 
 def assert_error(r, status: int, code: str) -> None:
@@ -176,6 +181,46 @@ def test_lowercase_bearer_scheme_is_accepted(client, alice):
 def test_admin_route_with_member_token_is_403(client, alice):
     assert_error(client.simulate_post("/api/admin/refresh/mv_feed_projects", headers=bearer(alice)),
                  403, "forbidden")
+
+
+def test_rejected_admin_refresh_enqueues_nothing(client, engine, alice, redis_url):
+    queue = redis_lib.Redis.from_url(redis_url)
+    try:
+        before = queue.llen("refresh")
+        assert_error(client.simulate_post("/api/admin/refresh/mv_feed_projects", headers=bearer(alice)),
+                     403, "forbidden")
+        assert_error(client.simulate_post("/api/admin/refresh/mv_feed_projects"), 401, "unauthorized")
+        admin = token_for(engine, "admin", admin=True)
+        assert_error(client.simulate_post("/api/admin/refresh/users", headers=bearer(admin)), 404, "not_found")
+        assert queue.llen("refresh") == before
+    finally:
+        queue.close()
+
+
+# -- one user's data is never another's ---------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/api/dashboard", "/api/intros/stats", "/api/conversations"])
+def test_another_users_data_is_never_readable(client, engine, alice, path):
+    """Only the token's subject decides whose data a /me route reads: query
+    parameters and headers naming another user change nothing, and a token
+    naming that user but not signed with the server's secret is refused."""
+    me, bob = user_row(engine, "alice").id, user_row(engine, "bob").id
+    own = client.simulate_get(path, headers=bearer(alice))
+    assert own.status_code == 200, own.text
+    for query in [f"user_id={bob}", f"user={bob}", "username=bob", f"sub={bob}", f"id={bob}"]:
+        r = client.simulate_get(path, query_string=query,
+                                headers={**bearer(alice), "X-User-Id": bob, "X-Forwarded-User": "bob"})
+        assert r.status_code in (200, 422), r.text
+        if r.status_code == 200:
+            assert r.json["data"] == own.json["data"]
+    if path == "/api/conversations":
+        assert all(c["other_user_id"] != me for c in own.json["data"])
+    else:
+        assert own.json["data"]["user_id"] == me
+    forged = jwt.encode({"sub": bob, "role": "builder", "admin": False, "exp": int(time.time()) + 600},
+                        "not-the-server-secret-" + "z" * 32, algorithm="HS256")
+    assert_error(client.simulate_get(path, headers=bearer(forged)), 401, "unauthorized")
 
 
 def test_admin_claim_for_a_user_is_403_without_it(client, engine):

@@ -259,8 +259,8 @@ def test_sweep_enqueues_a_due_view_once_even_when_two_sweeps_run(deps: Deps) -> 
     refresh_engine.request_refresh(deps, "mv_test_groups")
     time.sleep(0.3)  # let the debounce window pass (the window itself is the subject here)
     sent: list[str] = []
-    first = refresh_engine.sweep_refresh_queue(deps, sent.append)
-    second = refresh_engine.sweep_refresh_queue(deps, sent.append)
+    first = refresh_engine.sweep_refresh_queue(deps, lambda view, seen: sent.append(view))
+    second = refresh_engine.sweep_refresh_queue(deps, lambda view, seen: sent.append(view))
     assert "mv_test_groups" in first.enqueued
     assert "mv_test_groups" in second.already_queued
     assert sent.count("mv_test_groups") == 1
@@ -269,11 +269,42 @@ def test_sweep_enqueues_a_due_view_once_even_when_two_sweeps_run(deps: Deps) -> 
     assert deps.redis.get(queued_key("mv_test_groups")) is None
 
 
+def test_a_sweep_refresh_enqueued_twice_refreshes_once(deps: Deps) -> None:
+    """Two sweeps can both read a view as due when one reads just before the
+    view's refresh starts and claims the enqueue marker just after that refresh
+    cleared it (found by the fault suite: overlapping sweeps, two Beats; also a
+    sweep without Redis, or a redelivered message). The late copy runs after the
+    first refresh committed, with newer writes pending that are not due yet: it
+    must not refresh them before their debounce window."""
+    view = "mv_test_groups"
+    execute(deps, "UPDATE mv_registry SET debounce_seconds = 0.2 WHERE view_name = :v", v=view)
+    refresh_engine.request_refresh(deps, view)
+    time.sleep(0.3)  # past the window: due
+    sent: list[tuple[str, int]] = []
+    refresh_engine.sweep_refresh_queue(deps, lambda v, seen: sent.append((v, seen)))
+    seen = dict(sent)[view]
+    first = refresh_engine.run_refresh(deps, view, manual=False, seen_us=seen)
+    assert first.status == "completed"
+    refresh_engine.request_refresh(deps, view)  # a write right after the refresh: pending, inside its window
+    log_before = scalar(deps, "SELECT max(id) FROM mv_refresh_log")
+    duplicate = refresh_engine.run_refresh(deps, view, manual=False, seen_us=seen)
+    assert duplicate.status == "skipped" and "already refreshed" in (duplicate.detail or "")
+    assert scalar(deps, "SELECT max(id) FROM mv_refresh_log") == log_before  # nothing refreshed, nothing logged
+    assert pending(deps, view) == 1  # the new request waits for the next sweep
+    # The next sweep sees the newer refresh and enqueues a refresh that does run.
+    time.sleep(0.3)
+    sent.clear()
+    refresh_engine.sweep_refresh_queue(deps, lambda v, seen: sent.append((v, seen)))
+    assert dict(sent)[view] != seen
+    assert refresh_engine.run_refresh(deps, view, manual=False, seen_us=dict(sent)[view]).status == "completed"
+    assert pending(deps, view) == 0
+
+
 def test_sweep_leaves_a_view_inside_its_debounce_window(deps: Deps) -> None:
     execute(deps, "UPDATE mv_registry SET debounce_seconds = 30, max_wait_seconds = 60 WHERE view_name = 'mv_test_items'")
     try:
         refresh_engine.request_refresh(deps, "mv_test_items")
-        result = refresh_engine.sweep_refresh_queue(deps, lambda v: None)
+        result = refresh_engine.sweep_refresh_queue(deps, lambda view, seen: None)
         assert "mv_test_items" not in result.due
         assert result.waiting["mv_test_items"] == "debouncing"
     finally:

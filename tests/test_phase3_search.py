@@ -673,7 +673,8 @@ def test_injection_text_is_searched_as_text(conn) -> None:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    # No NUL (Postgres text cannot hold it) and no lone surrogates (no client can encode them as UTF-8).
+    # No lone surrogates either: UTF-8 has no encoding for them, so no client can send one,
+    # and psycopg2 cannot encode them (the call would fail before reaching SQL).
     q=st.one_of(st.none(), st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
                                    max_size=300)),
     kind=st.sampled_from([None, *KINDS]),

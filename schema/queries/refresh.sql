@@ -70,9 +70,13 @@ CALL fold_denorm_deltas();
 -- sweep interval late; a view whose oldest request reaches max_wait within
 -- :lead (one sweep interval plus a hand-off margin) is due now. Under a steady
 -- stream of writes refreshes then start at most max_wait apart.
+-- covered_us: when the view's last committed refresh covered its requests
+-- (epoch microseconds, 0 = never), read in the same snapshot as "due". The
+-- sweep hands it to the refresh it enqueues (see refreshed_since).
 SELECT d.view_name, d.pending_requests, d.first_requested_at, d.last_requested_at,
        d.due OR a.ahead AS due,
-       CASE WHEN a.ahead AND NOT d.due THEN 'max_wait' ELSE d.reason END AS reason
+       CASE WHEN a.ahead AND NOT d.due THEN 'max_wait' ELSE d.reason END AS reason,
+       coalesce((extract(epoch FROM r.covered_at) * 1000000)::bigint, 0) AS covered_us
 FROM mv_due_views() d
 JOIN mv_registry r ON r.view_name = d.view_name
 CROSS JOIN LATERAL (
@@ -81,6 +85,11 @@ CROSS JOIN LATERAL (
                >= make_interval(secs => greatest(r.max_wait_seconds - CAST(:lead AS float8), 0)) AS ahead
 ) a
 ORDER BY r.refresh_order, d.view_name;
+
+-- name: refreshed_since
+-- Whether a refresh of the view committed after the sweep read covered_us.
+SELECT coalesce((extract(epoch FROM covered_at) * 1000000)::bigint, 0) <> :seen_us
+FROM mv_registry WHERE view_name = :view;
 
 -- name: refresh_health
 -- Per view: queue status, last outcome, failures in the last hour, staleness.

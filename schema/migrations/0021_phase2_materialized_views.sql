@@ -250,14 +250,20 @@ CREATE INDEX IF NOT EXISTS mv_project_details_author ON mv_project_details (auth
 -- ---------------------------------------------------------------------------
 -- Registry, dependencies, request triggers
 -- ---------------------------------------------------------------------------
--- max_wait stays well under the health check's 1 minute: staleness is bounded
--- by max_wait + sweep interval + refresh time.
+-- Defaults: max_wait = debounce window, i.e. the window is a batching period:
+-- a view is refreshed one window after its oldest pending request, however
+-- many requests follow (on a site that never stops writing, a "quiet" window
+-- never comes, so a larger max_wait would simply be the staleness). Staleness
+-- is then bounded by window + sweep interval + the refresh itself (+ the end
+-- of a refresh already running). Raise max_wait above the window to wait for
+-- bursts to settle instead. Windows grow with a view's refresh cost; every one
+-- stays well under the health check's 1 minute.
 INSERT INTO mv_registry (view_name, debounce_seconds, max_wait_seconds, refresh_order, description) VALUES
-    ('mv_feed_projects',        5, 30, 10, 'Project feed: trending and newest, one row per live project'),
-    ('mv_leaderboard_projects', 10, 30, 20, 'Top 1000 projects by upvotes'),
-    ('mv_leaderboard_builders', 10, 30, 30, 'Top 1000 builders by upvotes received'),
-    ('mv_chains_discovery',     15, 30, 40, 'Chains with member and activity counts'),
-    ('mv_project_details',      15, 40, 50, 'Project pages: one wide row per live project')
+    ('mv_feed_projects',        10, 10, 10, 'Project feed: trending and newest, one row per live project'),
+    ('mv_leaderboard_projects', 20, 20, 20, 'Top 1000 projects by upvotes'),
+    ('mv_leaderboard_builders', 20, 20, 30, 'Top 1000 builders by upvotes received'),
+    ('mv_chains_discovery',     30, 30, 40, 'Chains with member and activity counts'),
+    ('mv_project_details',      20, 20, 50, 'Project pages: one wide row per live project')
 ON CONFLICT (view_name) DO NOTHING;
 
 INSERT INTO mv_dependencies (view_name, table_name) VALUES

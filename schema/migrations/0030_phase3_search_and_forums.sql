@@ -643,14 +643,15 @@ $$;
 -- ---------------------------------------------------------------------------
 -- Registry, dependencies, request triggers (0020's contract)
 -- ---------------------------------------------------------------------------
--- Debounce / max wait (seconds): the forum is the most visible freshness, the
--- search index the most expensive refresh (every title re-parsed, ~720k rows at
--- bench scale), so it waits longer for writes to settle. Every max wait stays
--- well under the health check's one minute.
+-- Debounce / max wait (seconds), equal as in 0021 (the window is a batching
+-- period): the forum is the most visible freshness, the search index the most
+-- expensive refresh (every changed title re-parsed, ~720k rows at bench
+-- scale), so it batches longer. Every max wait stays well under the health
+-- check's one minute.
 INSERT INTO mv_registry (view_name, debounce_seconds, max_wait_seconds, refresh_order, description) VALUES
-    ('mv_chain_posts', 5, 30, 300, 'chain forum posts with counts and hot score (guide Step 3.3)'),
-    ('mv_search_index', 15, 30, 310, 'one row per searchable thing, full-text and trigram indexed'),
-    ('mv_investors_directory', 30, 45, 320, 'investors with intro-request counts')
+    ('mv_chain_posts', 10, 10, 300, 'chain forum posts with counts and hot score (guide Step 3.3)'),
+    ('mv_search_index', 30, 30, 310, 'one row per searchable thing, full-text and trigram indexed'),
+    ('mv_investors_directory', 30, 30, 320, 'investors with intro-request counts')
 ON CONFLICT (view_name) DO NOTHING;
 
 -- Dependencies: every table a view reads, except the four tables that feed

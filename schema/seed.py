@@ -1,7 +1,8 @@
 """The data generator: ``python -m schema seed --scale demo|bench|quick [--seed N]``.
 
 Fills the base tables with deterministic, realistic-looking data, then makes
-everything derived consistent with it: the Phase 1 backfill, a plain refresh of
+everything derived consistent with it: the Phase 1 backfill and
+``backfill_project_stats()``, a plain refresh of
 every materialized view, no pending refresh requests, ``VACUUM ANALYZE``.
 
 How it stays fast and reproducible:
@@ -78,7 +79,7 @@ BASE_TABLES = (
     "intro_requests",
 )
 # Phase 1's tables (the backfill rewrites them); analyzed after the load when present.
-DERIVED_TABLES = ("user_dashboard_stats", "message_conversations_denorm", "intro_request_stats")
+DERIVED_TABLES = ("user_dashboard_stats", "message_conversations_denorm", "intro_request_stats", "project_stats")
 CHUNK_ROWS = 500_000
 # Multiplier of the rank -> row permutations; prime, so coprime with every table size below it.
 PERMUTATION_PRIME = 1_000_003
@@ -1114,6 +1115,11 @@ def _tables_referencing_base_tables(cur: psycopg2.extensions.cursor) -> list[str
     return [r[0] for r in cur.fetchall()]
 
 
+def _function_exists(cur: psycopg2.extensions.cursor, name: str) -> bool:
+    cur.execute("SELECT EXISTS (SELECT 1 FROM pg_proc WHERE proname = %s)", (name,))
+    return bool(cur.fetchone()[0])
+
+
 def _table_exists(cur: psycopg2.extensions.cursor, name: str) -> bool:
     cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name,))
     return bool(cur.fetchone()[0])
@@ -1201,6 +1207,12 @@ def seed(
                 cur.execute(body)
                 report.steps["backfill"] = time.monotonic() - step
                 out(f"backfill: done in {report.steps['backfill']:.1f} s")
+            if _function_exists(cur, "backfill_project_stats"):
+                step = time.monotonic()
+                cur.execute("SELECT backfill_project_stats()")
+                rows = cur.fetchone()[0]
+                report.steps["backfill project_stats"] = time.monotonic() - step
+                out(f"backfill: {rows:,} rows in project_stats in {report.steps['backfill project_stats']:.1f} s")
 
             refreshed = []
             for view in _views_in_refresh_order(cur):

@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 USER_DASHBOARD_STATS = "user_dashboard_stats"
 MESSAGE_CONVERSATIONS_DENORM = "message_conversations_denorm"
 INTRO_REQUEST_STATS = "intro_request_stats"
+PROJECT_STATS = "project_stats"  # 0012: the read models' per-project counters
 REDIS_PART = "redis"
 # Name used in FOUND lines and findings for the Redis user cache.
 REDIS_TABLE = "redis:user:upvotes"
@@ -122,6 +123,7 @@ TABLES: dict[str, TableSpec] = {
         TableSpec(INTRO_REQUEST_STATS, "user_id", (
             "requests_sent", "sent_pending", "sent_accepted", "sent_declined", "requests_received",
             "received_pending", "received_accepted", "received_declined")),
+        TableSpec(PROJECT_STATS, "project_id", ("upvote_count", "comment_count")),
     )
 }
 PARTS: tuple[str, ...] = (*TABLES, REDIS_PART)

@@ -52,6 +52,13 @@ TABLES = {
         "user_id, requests_sent, sent_pending, sent_accepted, sent_declined, requests_received, received_pending, "
         "received_accepted, received_declined",
     ),
+    # 0012: the read models' per-project counters, same scheme.
+    "project_stats": (
+        "project_stats_live",
+        "project_stats_truth",
+        "SELECT id FROM projects",
+        "project_id, upvote_count, comment_count",
+    ),
 }
 
 
@@ -514,9 +521,12 @@ def test_busy_row_writes_a_delta_live_view_is_exact_and_fold_moves_it(db: str, c
         ca.execute("INSERT INTO project_upvotes (user_id, project_id) VALUES (%s, %s)", (fan1, p))  # holds the row
         cb.execute("INSERT INTO project_upvotes (user_id, project_id) VALUES (%s, %s)", (fan2, p))  # cannot wait
         b.commit()  # committed without waiting for A
-        assert pending_deltas(cur) == 1
+        # Two busy rows, two deltas: the owner's dashboard row and the project's counter row.
+        cur.execute("SELECT table_name, pending_deltas FROM denorm_delta_backlog WHERE pending_deltas > 0 ORDER BY 1")
+        assert cur.fetchall() == [("project_stats", 1), ("user_dashboard_stats", 1)]
         assert one(cur, "SELECT total_upvotes_received FROM user_dashboard_stats_live WHERE user_id = %s",
                    (owner,)) == 1
+        assert one(cur, "SELECT upvote_count FROM project_stats_live WHERE project_id = %s", (p,)) == 1
         assert differences(cur) == {}  # live == truth while A is still open
         # The fold cannot take A's row: it waits lock_timeout and leaves the delta.
         started = time.monotonic()
@@ -524,7 +534,8 @@ def test_busy_row_writes_a_delta_live_view_is_exact_and_fold_moves_it(db: str, c
         assert time.monotonic() - started < 5
         a.commit()
     assert one(cur, "SELECT total_upvotes_received FROM user_dashboard_stats_live WHERE user_id = %s", (owner,)) == 2
-    assert one(cur, "SELECT fold_denorm_deltas()") == 1
+    assert one(cur, "SELECT upvote_count FROM project_stats_live WHERE project_id = %s", (p,)) == 2
+    assert one(cur, "SELECT fold_denorm_deltas()") == 2
     assert_exact(cur)
 
 
@@ -657,7 +668,7 @@ def test_named_truth_queries_match_stored_rows(db: str, cur) -> None:
     try:
         with engine.connect() as conn:
             for table, ids in (("user_dashboard_stats", [u1, u2]), ("message_conversations_denorm", [conv]),
-                               ("intro_request_stats", [u1, u2])):
+                               ("intro_request_stats", [u1, u2]), ("project_stats", [p])):
                 truth = conn.execute(q[f"{table}_truth"], {"ids": ids}).all()
                 stored = conn.execute(q[f"{table}_stored"], {"ids": ids}).all()
                 assert truth == stored and len(truth) == len(ids)
@@ -735,6 +746,9 @@ def test_backfill_after_a_load_with_triggers_disabled(db: str, cur) -> None:
     cur.execute("SET session_replication_role = origin")
     assert one(cur, "SELECT count(*) FROM user_dashboard_stats") == 0
     assert run_backfill(db)[0] == "NOTICE:  Backfilled 50 rows in user_dashboard_stats"
+    # project_stats (0012) has its own backfill, which the seed calls after the Phase 1 file.
+    assert set(differences(cur)) == {"project_stats"}
+    assert one(cur, "SELECT backfill_project_stats()") == 150
     assert_exact(cur)
 
 

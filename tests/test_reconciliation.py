@@ -236,6 +236,14 @@ def inject_corruption(db: str, engine: sa.Engine, client: redis_lib.Redis
         f"UPDATE intro_request_stats SET sent_pending = sent_pending + 1 WHERE user_id = '{intro_user}'",
         f"DELETE FROM intro_request_stats WHERE user_id = '{intro_gone}'",
     )
+    project_sql = "SELECT project_id FROM project_stats WHERE upvote_count > 0 ORDER BY project_id"
+    pa, pb, pd = pick(engine, project_sql, 0), pick(engine, project_sql, 1), pick(engine, project_sql, 2)
+    execute(
+        db,
+        f"UPDATE project_stats SET upvote_count = upvote_count + 5 WHERE project_id = '{pa}'",
+        f"DELETE FROM project_stats WHERE project_id = '{pb}'",
+        f"INSERT INTO project_stats_deltas (project_id, comment_count) VALUES ('{pd}', -1)",
+    )
     # Spurious rows for entities that do not exist (foreign keys bypassed, as a bulk load can).
     execute(db, f"INSERT INTO intro_request_stats (user_id, requests_sent) VALUES ('{ghost_user}', 1)",
             f"INSERT INTO message_conversations_denorm (conversation_id, user1_id, user2_id, message_count) "
@@ -269,6 +277,9 @@ def inject_corruption(db: str, engine: sa.Engine, client: redis_lib.Redis
         ("intro_request_stats", intro_user, "sent_pending"),
         ("intro_request_stats", intro_gone, ROW),
         ("intro_request_stats", ghost_user, ROW),
+        ("project_stats", pa, "upvote_count"),
+        ("project_stats", pb, ROW),
+        ("project_stats", pd, "comment_count"),
         (REDIS_TABLE, f"{u_add}/{bogus}", MEMBER),
         (REDIS_TABLE, f"{u_remove}/{removed}", MEMBER),
         (REDIS_TABLE, f"{u_empty}/{bogus}", MEMBER),
@@ -642,7 +653,7 @@ def test_cli_reports_with_no_auto_fix_fixes_without_and_rejects_a_bogus_table(
     assert bogus.stdout == ""
     assert bogus.stderr.strip().splitlines() == [
         "error: unknown table 'bogus'; valid: user_dashboard_stats, message_conversations_denorm, "
-        "intro_request_stats, redis"]
+        "intro_request_stats, project_stats, redis"]
     helped = cli(env, "--help")
     assert helped.returncode == 0 and "Exit status:" in helped.stdout and "--no-auto-fix" in helped.stdout
 

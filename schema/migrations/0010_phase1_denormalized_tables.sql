@@ -1201,11 +1201,19 @@ BEGIN
     END IF;
 
     PERFORM set_config('lock_timeout', v_lock_timeout, true);
+
+    -- project_stats (0012_project_stats.sql, the read models' per-project
+    -- counters, same protocol): folded here so that one call folds every
+    -- table of denorm_delta_backlog. Resolved at run time, so this file still
+    -- runs on its own before 0012 exists.
+    IF to_regprocedure('fold_project_stats_deltas()') IS NOT NULL THEN
+        v_total := v_total + fold_project_stats_deltas();
+    END IF;
     RETURN v_total;
 END
 $$;
 COMMENT ON FUNCTION fold_denorm_deltas() IS
-    'Move committed deltas into the main rows of the three Phase 1 tables (safe beside writers and other folds). '
-    'Returns the number of delta rows folded.';
+    'Move committed deltas into the main rows of the three Phase 1 tables and project_stats (safe beside writers '
+    'and other folds). Returns the number of delta rows folded.';
 
 COMMIT;

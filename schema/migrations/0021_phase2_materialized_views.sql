@@ -18,15 +18,17 @@
 -- so ten times the activity is worth 12.5 hours of recency. It never changes
 -- while the data do not, and ordering by it favours recent projects.
 --
--- Counts come from the base tables (not from the phase 1 tables): a view fed
--- by the phase 1 tables would be requested by their row triggers on every write.
+-- Per-project counts come from project_stats_live (0012: trigger-kept
+-- counters, exact in the writing transaction), not from counting the base
+-- tables: at bench scale counting 5M upvotes and 2M comments was 1.5 s of
+-- every refresh of each of these views. The registry still lists
+-- project_upvotes and project_comments as the dependencies (their request
+-- triggers ask for the refresh); project_stats has no request trigger of its
+-- own, so a fold of its deltas (which changes no live count) requests nothing.
 --
--- Two things keep REFRESH ... CONCURRENTLY of the 500k-row views near 2 s at
+-- Two things keep REFRESH ... CONCURRENTLY of the 500k-row views fast at
 -- bench scale (measured on Postgres 15, see bench/read_models.py):
---   * the count subqueries say ORDER BY project_id. The planner then counts
---     with an index-only scan of the foreign-key index and a GroupAggregate
---     (5M upvotes: ~0.25 s) instead of hashing every row (~0.8 s); without
---     the ORDER BY it underestimates the number of groups and hashes.
+--   * the counts are one merge/hash join with project_stats_live (above);
 --   * refresh_sentinel, a column that is always NULL. Before diffing,
 --     CONCURRENTLY checks the new contents for duplicate rows, but only among
 --     rows without NULLs, by sorting all of them (2 of 4 s for the feed). Our
@@ -50,20 +52,16 @@ SELECT p.id,
        u.name AS author_name,
        c.id AS chain_id,
        c.name AS chain_name,
-       coalesce(v.n, 0)::integer AS upvote_count,
-       coalesce(k.n, 0)::integer AS comment_count,
+       coalesce(ps.upvote_count, 0)::integer AS upvote_count,
+       coalesce(ps.comment_count, 0)::integer AS comment_count,
        p.created_at,
-       log(greatest(coalesce(v.n, 0) + 2 * coalesce(k.n, 0), 1)::float8)
+       log(greatest(coalesce(ps.upvote_count, 0) + 2 * coalesce(ps.comment_count, 0), 1)::float8)
          + date_part('epoch', p.created_at) / 45000.0 AS trending_score,
        NULL::boolean AS refresh_sentinel
 FROM projects p
 JOIN users u ON u.id = p.user_id AND NOT u.is_deleted
 LEFT JOIN chains c ON c.id = p.chain_id AND NOT c.is_deleted
-LEFT JOIN (SELECT project_id, count(*) AS n FROM project_upvotes GROUP BY project_id ORDER BY project_id) v
-       ON v.project_id = p.id
-LEFT JOIN (SELECT project_id, count(*) AS n FROM project_comments WHERE NOT is_deleted GROUP BY project_id
-           ORDER BY project_id) k
-       ON k.project_id = p.id
+LEFT JOIN project_stats_live ps ON ps.project_id = p.id
 WHERE NOT p.is_deleted;
 
 CREATE UNIQUE INDEX IF NOT EXISTS mv_feed_projects_id ON mv_feed_projects (id);
@@ -81,14 +79,11 @@ CREATE INDEX IF NOT EXISTS mv_feed_projects_chain ON mv_feed_projects (chain_id,
 CREATE MATERIALIZED VIEW IF NOT EXISTS mv_leaderboard_projects AS
 WITH scored AS (
     SELECT p.id, p.title, p.user_id, p.chain_id, p.created_at,
-           coalesce(v.n, 0)::integer AS upvote_count,
-           coalesce(k.n, 0)::integer AS comment_count
+           coalesce(ps.upvote_count, 0)::integer AS upvote_count,
+           coalesce(ps.comment_count, 0)::integer AS comment_count
     FROM projects p
     JOIN users u ON u.id = p.user_id AND NOT u.is_deleted
-    LEFT JOIN (SELECT project_id, count(*) AS n FROM project_upvotes GROUP BY project_id ORDER BY project_id) v ON v.project_id = p.id
-    LEFT JOIN (SELECT project_id, count(*) AS n FROM project_comments WHERE NOT is_deleted GROUP BY project_id
-               ORDER BY project_id) k
-           ON k.project_id = p.id
+    LEFT JOIN project_stats_live ps ON ps.project_id = p.id
     WHERE NOT p.is_deleted
     ORDER BY upvote_count DESC, comment_count DESC, p.created_at, p.id
     LIMIT 1000
@@ -118,13 +113,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS mv_leaderboard_projects_rank ON mv_leaderboard
 CREATE MATERIALIZED VIEW IF NOT EXISTS mv_leaderboard_builders AS
 WITH per_project AS (
     SELECT p.user_id, p.created_at,
-           coalesce(v.n, 0) AS upvotes,
-           coalesce(k.n, 0) AS comments
+           coalesce(ps.upvote_count, 0) AS upvotes,
+           coalesce(ps.comment_count, 0) AS comments
     FROM projects p
-    LEFT JOIN (SELECT project_id, count(*) AS n FROM project_upvotes GROUP BY project_id ORDER BY project_id) v ON v.project_id = p.id
-    LEFT JOIN (SELECT project_id, count(*) AS n FROM project_comments WHERE NOT is_deleted GROUP BY project_id
-               ORDER BY project_id) k
-           ON k.project_id = p.id
+    LEFT JOIN project_stats_live ps ON ps.project_id = p.id
     WHERE NOT p.is_deleted
 ),
 per_builder AS (
@@ -226,9 +218,9 @@ SELECT p.id,
        c.id AS chain_id,
        c.slug AS chain_slug,
        c.name AS chain_name,
-       coalesce(v.n, 0)::integer AS upvote_count,
-       coalesce(k.n, 0)::integer AS comment_count,
-       log(greatest(coalesce(v.n, 0) + 2 * coalesce(k.n, 0), 1)::float8)
+       coalesce(ps.upvote_count, 0)::integer AS upvote_count,
+       coalesce(ps.comment_count, 0)::integer AS comment_count,
+       log(greatest(coalesce(ps.upvote_count, 0) + 2 * coalesce(ps.comment_count, 0), 1)::float8)
          + date_part('epoch', p.created_at) / 45000.0 AS trending_score,
        p.created_at,
        p.updated_at,
@@ -236,11 +228,7 @@ SELECT p.id,
 FROM projects p
 JOIN users u ON u.id = p.user_id AND NOT u.is_deleted
 LEFT JOIN chains c ON c.id = p.chain_id AND NOT c.is_deleted
-LEFT JOIN (SELECT project_id, count(*) AS n FROM project_upvotes GROUP BY project_id ORDER BY project_id) v
-       ON v.project_id = p.id
-LEFT JOIN (SELECT project_id, count(*) AS n FROM project_comments WHERE NOT is_deleted GROUP BY project_id
-           ORDER BY project_id) k
-       ON k.project_id = p.id
+LEFT JOIN project_stats_live ps ON ps.project_id = p.id
 WHERE NOT p.is_deleted;
 
 CREATE UNIQUE INDEX IF NOT EXISTS mv_project_details_id ON mv_project_details (id);

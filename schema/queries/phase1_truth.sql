@@ -18,6 +18,7 @@
 --   SELECT rebuild_user_dashboard_stats(CAST(:ids AS uuid[]))
 --   SELECT rebuild_message_conversations_denorm(CAST(:ids AS uuid[]))
 --   SELECT rebuild_intro_request_stats(CAST(:ids AS uuid[]))
+--   SELECT rebuild_project_stats(CAST(:ids AS uuid[]))          (0012, per project)
 -- in a READ COMMITTED transaction: each takes the keys' row locks, drops their
 -- visible deltas and writes the truth in one statement, exact beside writers.
 
@@ -58,6 +59,17 @@ FROM intro_request_stats_live
 WHERE user_id = ANY (CAST(:ids AS uuid[]))
 ORDER BY user_id;
 
+-- name: project_stats_truth
+SELECT project_id, upvote_count, comment_count
+FROM project_stats_truth(CAST(:ids AS uuid[]))
+ORDER BY project_id;
+
+-- name: project_stats_stored
+SELECT project_id, upvote_count, comment_count
+FROM project_stats_live
+WHERE project_id = ANY (CAST(:ids AS uuid[]))
+ORDER BY project_id;
+
 -- name: user_ids_batch
 -- Key batches for a full pass, in key order; "after" is the last key of the
 -- previous batch (the nil uuid 00000000-0000-0000-0000-000000000000 to start).
@@ -75,3 +87,6 @@ SELECT rebuild_message_conversations_denorm(CAST(:ids AS uuid[]));
 
 -- name: intro_request_stats_rebuild
 SELECT rebuild_intro_request_stats(CAST(:ids AS uuid[]));
+
+-- name: project_stats_rebuild
+SELECT rebuild_project_stats(CAST(:ids AS uuid[]));

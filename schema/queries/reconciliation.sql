@@ -33,6 +33,13 @@ SELECT k FROM (
     (SELECT user_id FROM intro_request_stats WHERE user_id > CAST(:after AS uuid) ORDER BY user_id LIMIT :lim)
 ) keys ORDER BY k LIMIT :lim;
 
+-- name: project_stats_keys
+SELECT k FROM (
+    (SELECT id AS k FROM projects WHERE id > CAST(:after AS uuid) ORDER BY id LIMIT :lim)
+    UNION
+    (SELECT project_id FROM project_stats WHERE project_id > CAST(:after AS uuid) ORDER BY project_id LIMIT :lim)
+) keys ORDER BY k LIMIT :lim;
+
 -- ---------------------------------------------------------------------------
 -- Extra rows (their entity does not exist: only possible when the foreign key
 -- was bypassed, e.g. session_replication_role = replica during a bulk load).
@@ -52,6 +59,10 @@ FROM (SELECT DISTINCT uuid_hash(x) AS h FROM unnest(CAST(:ids AS uuid[])) x ORDE
 
 -- name: intro_request_stats_lock_keys
 SELECT count(pg_advisory_xact_lock(731003, k.h))
+FROM (SELECT DISTINCT uuid_hash(x) AS h FROM unnest(CAST(:ids AS uuid[])) x ORDER BY 1) k;
+
+-- name: project_stats_lock_keys
+SELECT count(pg_advisory_xact_lock(731004, k.h))
 FROM (SELECT DISTINCT uuid_hash(x) AS h FROM unnest(CAST(:ids AS uuid[])) x ORDER BY 1) k;
 
 -- name: user_dashboard_stats_delete_extra
@@ -82,6 +93,15 @@ WITH deltas AS (
 DELETE FROM intro_request_stats s
 WHERE s.user_id = ANY (CAST(:ids AS uuid[])) AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id = s.user_id)
 RETURNING s.user_id::text;
+
+-- name: project_stats_delete_extra
+WITH deltas AS (
+    DELETE FROM project_stats_deltas d
+    WHERE d.project_id = ANY (CAST(:ids AS uuid[])) AND NOT EXISTS (SELECT 1 FROM projects p WHERE p.id = d.project_id)
+)
+DELETE FROM project_stats s
+WHERE s.project_id = ANY (CAST(:ids AS uuid[])) AND NOT EXISTS (SELECT 1 FROM projects p WHERE p.id = s.project_id)
+RETURNING s.project_id::text;
 
 -- ---------------------------------------------------------------------------
 -- Redis user cache: what user:upvotes:<u> must hold (api/cache.py's

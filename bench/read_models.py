@@ -97,7 +97,8 @@ READS: tuple[tuple[str, str, str], ...] = (
      "SELECT c.id, count(m.user_id)::int AS n FROM chains c LEFT JOIN chain_members m ON m.chain_id = c.id "
      "WHERE NOT c.is_deleted GROUP BY c.id ORDER BY n DESC, c.id LIMIT 20"),
     ("project page (most upvoted)",
-     "SELECT id, title, description, upvote_count, comment_count FROM mv_project_details WHERE id = %(project)s",
+     "SELECT d.id, d.title, d.description, s.upvote_count, s.comment_count FROM mv_project_details d "
+     "JOIN project_stats_live s ON s.project_id = d.id WHERE d.id = %(project)s",
      "SELECT p.id, p.title, p.description, "
      "(SELECT count(*) FROM project_upvotes v WHERE v.project_id = p.id)::int, "
      "(SELECT count(*) FROM project_comments k WHERE k.project_id = p.id AND NOT k.is_deleted)::int "

@@ -11,7 +11,7 @@ with triggers disabled, runs the backfill, then measures writes/s with pgbench
           dashboard row) and ONE conversation
 
 Each workload runs ``--rounds`` rounds of the arms in alternating order:
-``off`` (the 9 Phase 1 triggers disabled; foreign keys and the other phases'
+``off`` (the 9 Phase 1 triggers and the 3 project_stats triggers disabled; foreign keys and the other phases'
 triggers stay on), ``on`` (as shipped: in-place update, delta row when the
 row is busy) and, with ``--naive``, ``naive`` (the same triggers with the
 delta path switched off: every change updates the main row, the textbook
@@ -21,7 +21,7 @@ pieces run in turn (the order flips every piece and every round), for a
 machine whose load from other work drifts over minutes; the default runs each
 arm whole. After an ``on``/``naive`` arm the tables are
 folded and compared with the truth recomputed from the base tables (every
-row of all three tables); after an ``off`` arm the backfill resynchronises
+row of all four tables); after an ``off`` arm the backfill resynchronises
 them (outside the timed window).
 
 Timing targets belong here, not in tests. Figures are for this machine only;
@@ -61,6 +61,10 @@ PHASE1_TRIGGERS = (
     ("messages", "trg_conversation_messages"),
     ("intro_requests", "trg_intro_requests"),
     ("investors", "trg_intro_investors"),
+    # 0012: the per-project counters the views read, kept by the same scheme.
+    ("projects", "trg_project_stats_projects"),
+    ("project_upvotes", "trg_project_stats_upvotes"),
+    ("project_comments", "trg_project_stats_comments"),
 )
 WRITE_TABLES = ("project_upvotes", "project_comments", "messages")
 SHOWN_SETTINGS = ("server_version", "shared_buffers", "fsync", "synchronous_commit", "full_page_writes",
@@ -240,7 +244,9 @@ def scalar(url: str, sql: str) -> object:
 
 
 def backfill_sql() -> str:
-    return next(MIGRATIONS_DIR.glob("*phase1_backfill_data.sql")).read_text()
+    """The Phase 1 backfill file, then project_stats' own backfill (what the seed runs after a load)."""
+    return (next(MIGRATIONS_DIR.glob("*phase1_backfill_data.sql")).read_text()
+            + "\nSELECT backfill_project_stats();\n")
 
 
 def set_triggers(url: str, enabled: bool) -> None:
@@ -253,7 +259,8 @@ def set_naive(url: str, naive: bool) -> None:
     """Swap the add functions between shipped and always-in-place (naive)."""
     sql = (MIGRATIONS_DIR / "0010_phase1_denormalized_tables.sql").read_text()
     bodies = []
-    for fn in ("dashboard_stats_add", "conversation_stats_add", "intro_stats_add"):
+    sql += (MIGRATIONS_DIR / "0012_project_stats.sql").read_text()
+    for fn in ("dashboard_stats_add", "conversation_stats_add", "intro_stats_add", "project_stats_add"):
         start = sql.index(f"CREATE OR REPLACE FUNCTION {fn}(")
         body = sql[start:sql.index("\n$$;", start) + 4]  # these bodies hold no nested $$
         if naive:
@@ -262,7 +269,7 @@ def set_naive(url: str, naive: bool) -> None:
     run_sql(url, NAIVE_SQL + "\n".join(bodies))
 
 
-# Rows of the three live views that differ from the truth, in both directions.
+# Rows of the four live views that differ from the truth, in both directions.
 MISMATCH_SQL = (
     """SELECT count(*) FROM (
          (SELECT * FROM user_dashboard_stats_truth_all()
@@ -290,11 +297,17 @@ MISMATCH_SQL = (
          (SELECT user_id, requests_sent, sent_pending, sent_accepted, sent_declined, requests_received,
                  received_pending, received_accepted, received_declined FROM intro_request_stats_live
           EXCEPT SELECT * FROM intro_request_stats_truth_all())) x""",
+    """SELECT count(*) FROM (
+         (SELECT * FROM project_stats_truth_all()
+          EXCEPT SELECT project_id, upvote_count, comment_count FROM project_stats_live)
+         UNION ALL
+         (SELECT project_id, upvote_count, comment_count FROM project_stats_live
+          EXCEPT SELECT * FROM project_stats_truth_all())) x""",
 )
 
 
 def mismatches(url: str) -> int:
-    """Rows of the three live views that differ from the truth, all read in one snapshot."""
+    """Rows of the four live views that differ from the truth, all read in one snapshot."""
     total = 0
     with raw_connection(url) as conn, conn.cursor() as cur:
         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -460,7 +473,7 @@ def conditions(url: str, where: str, s: Scale, args: argparse.Namespace) -> list
         + (f", each arm in {max(1, args.duration // args.segment)} interleaved pieces of "
            f"{args.duration // max(1, args.duration // args.segment)} s" if args.segment else ", whole arms")
         + f"; CPUs: {os.cpu_count()} (shared with pgbench itself and anything else running on the machine)",
-        f"exactness check (every row of the three tables vs the truth, after folding): {args.verify}",
+        f"exactness check (every row of the four counter tables vs the truth, after folding): {args.verify}",
         "each transaction: one of upvote toggle / comment insert / message insert (equal weights)",
         "postgres: " + ", ".join(settings),
     ]

@@ -675,9 +675,9 @@ def lost_writes(stack: FaultStack, load: Load) -> list[str]:
         lost += [f"comment {c} missing from project_comments" for c in comments if c not in present]
         per_project = Counter(comments.values())
         counted = dict(stack.rows(
-            "SELECT id::text, comment_count FROM mv_project_details WHERE id = ANY(CAST(:ids AS uuid[]))",
+            "SELECT id::text, comment_count FROM mv_feed_projects WHERE id = ANY(CAST(:ids AS uuid[]))",
             ids=list(per_project)))
-        lost += [f"project {p}: mv_project_details.comment_count {counted.get(p)} < {n} committed comments"
+        lost += [f"project {p}: mv_feed_projects.comment_count {counted.get(p)} < {n} committed comments"
                  for p, n in per_project.items() if (counted.get(p) or 0) < n]
     if upvoted:
         users = sorted({u for u, _ in upvoted})

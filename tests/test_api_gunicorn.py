@@ -169,7 +169,7 @@ def test_fifty_concurrent_toggles_leave_the_count_exact(server, engine, redis_ur
 
     refresh_all(engine)
     assert q1(engine, "SELECT upvote_count FROM mv_feed_projects WHERE id = :p", p=pid) == before + 50
-    assert q1(engine, "SELECT upvote_count FROM mv_project_details WHERE id = :p", p=pid) == before + 50
+    assert q1(engine, "SELECT upvote_count FROM project_stats_live WHERE project_id = :p", p=pid) == before + 50
 
     def everyone_sees_exact_count():
         seen = everyone(details)

@@ -142,13 +142,16 @@ def test_unknown_sort_is_422(client):
     assert client.simulate_get("/api/chains", params={"sort": "newest"}).status_code == 422
 
 
-def test_project_details_from_mv_project_details(client, engine):
-    pid = str(scalar(engine, "SELECT id FROM mv_project_details ORDER BY upvote_count DESC, id LIMIT 1"))
+def test_project_details_from_mv_project_details_with_live_counts(client, engine):
+    pid = str(scalar(engine, "SELECT id FROM mv_feed_projects ORDER BY upvote_count DESC, id LIMIT 1"))
     r = client.simulate_get(f"/api/projects/{pid}")
     assert r.status_code == 200
     data = r.json["data"]
     assert data["id"] == pid
-    assert data["upvote_count"] == scalar(engine, "SELECT upvote_count FROM mv_project_details WHERE id = :i", i=pid)
+    assert data["title"] == scalar(engine, "SELECT title FROM mv_project_details WHERE id = :i", i=pid)
+    assert data["upvote_count"] == scalar(engine, "SELECT count(*) FROM project_upvotes WHERE project_id = :i", i=pid)
+    assert data["comment_count"] == scalar(
+        engine, "SELECT count(*) FROM project_comments WHERE project_id = :i AND NOT is_deleted", i=pid)
     assert isinstance(data["tags"], list) and isinstance(data["description"], str)
     assert r.json["meta"]["view"] == "mv_project_details"
 

@@ -58,37 +58,40 @@ def feed_item(client, pid: str, headers: dict | None = None) -> dict:
     return r.json["data"]
 
 
-def test_upvote_toggle_reads_its_own_write_and_is_exact_after_refresh(client, engine):
+def test_upvote_toggle_project_page_counts_are_exact_at_once_for_everyone(client, engine):
+    """The project page reads its counts live (project_stats_live): no refresh needed, the
+    same count for every reader, and only user_has_upvoted is per user."""
     token = token_for(engine, "carol")
     pid = pick_project(engine, "carol", upvoted=False)
     refresh_all(engine)
-    view_count = q1(engine, "SELECT upvote_count FROM mv_project_details WHERE id = :p", p=pid)
+    count = q1(engine, "SELECT count(*) FROM project_upvotes WHERE project_id = :p", p=pid)
+    assert feed_item(client, pid)["upvote_count"] == count
 
     r = client.simulate_post(f"/api/projects/{pid}/upvote", headers=bearer(token))
     assert r.status_code == 200, r.text
-    assert r.json["data"] == {"project_id": pid, "upvoted": True, "upvote_count": view_count + 1}
+    assert r.json["data"] == {"project_id": pid, "upvoted": True, "upvote_count": count + 1}
 
-    # Before any refresh: the view still says view_count; the user sees their vote.
+    # Before any refresh: everyone sees the new count; the voter also sees the flag.
     mine = feed_item(client, pid, bearer(token))
-    assert mine["user_has_upvoted"] is True and mine["upvote_count"] == view_count + 1
+    assert mine["user_has_upvoted"] is True and mine["upvote_count"] == count + 1
     anon = feed_item(client, pid)
-    assert anon["upvote_count"] == view_count and "user_has_upvoted" not in anon
+    assert anon["upvote_count"] == count + 1 and "user_has_upvoted" not in anon
     other = feed_item(client, pid, bearer(token_for(engine, "bob")))
-    assert other["upvote_count"] == view_count
+    assert other["upvote_count"] == count + 1
 
     refresh_all(engine)
-    assert feed_item(client, pid)["upvote_count"] == view_count + 1
+    assert feed_item(client, pid)["upvote_count"] == count + 1
     mine = feed_item(client, pid, bearer(token))
-    assert mine["user_has_upvoted"] is True and mine["upvote_count"] == view_count + 1  # not counted twice
+    assert mine["user_has_upvoted"] is True and mine["upvote_count"] == count + 1  # not counted twice
 
-    # Toggle back: removed, and again right before and after the refresh.
+    # Toggle back: removed, right before and after the refresh.
     r = client.simulate_post(f"/api/projects/{pid}/upvote", headers=bearer(token))
-    assert r.json["data"] == {"project_id": pid, "upvoted": False, "upvote_count": view_count}
+    assert r.json["data"] == {"project_id": pid, "upvoted": False, "upvote_count": count}
     mine = feed_item(client, pid, bearer(token))
-    assert mine["user_has_upvoted"] is False and mine["upvote_count"] == view_count
+    assert mine["user_has_upvoted"] is False and mine["upvote_count"] == count
     refresh_all(engine)
     mine = feed_item(client, pid, bearer(token))
-    assert mine["user_has_upvoted"] is False and mine["upvote_count"] == view_count
+    assert mine["user_has_upvoted"] is False and mine["upvote_count"] == count
 
 
 def test_feed_page_reflects_own_upvote_immediately(client, engine):

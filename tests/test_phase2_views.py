@@ -183,7 +183,12 @@ def test_new_project_reaches_the_feed_and_its_counts_follow_writes(conn: Any) ->
     q(conn, "INSERT INTO project_comments (project_id, user_id, body) VALUES (%s, %s, 'hello')", (project, voter))
     process(conn)
     assert q(conn, "SELECT upvote_count, comment_count FROM mv_feed_projects WHERE id = %s", (project,)) == [(1, 1)]
-    assert q(conn, "SELECT upvote_count, comment_count FROM mv_project_details WHERE id = %s", (project,)) == [(1, 1)]
+    # The project page's view holds no counts (the API reads project_stats_live), and
+    # votes do not ask for its refresh.
+    assert q(conn, "SELECT upvote_count, comment_count FROM project_stats_live WHERE project_id = %s",
+             (project,)) == [(1, 1)]
+    assert q(conn, "SELECT 1 FROM mv_dependencies WHERE view_name = 'mv_project_details' "
+                   "AND table_name IN ('project_upvotes', 'project_comments')") == []
 
 
 def test_soft_deleted_things_disappear(conn: Any) -> None:
@@ -250,7 +255,7 @@ def test_no_column_depends_on_the_clock_and_refresh_writes_follow_changes(db: st
     after = _write_stats(db, PHASE2_VIEWS)
     assert after == before, "a refresh with nothing changed rewrote rows"
 
-    # One new upvote rewrites exactly one feed row and one details row.
+    # One new upvote rewrites exactly one feed row; one title edit one feed row and one details row.
     project = one(conn, "SELECT id FROM mv_feed_projects ORDER BY id LIMIT 1")
     voter = one(conn, "SELECT id FROM users u WHERE NOT is_deleted AND NOT EXISTS (SELECT 1 FROM project_upvotes v "
                       "WHERE v.user_id = u.id AND v.project_id = %s) ORDER BY id LIMIT 1", (project,))
@@ -258,8 +263,14 @@ def test_no_column_depends_on_the_clock_and_refresh_writes_follow_changes(db: st
     for view in ("mv_feed_projects", "mv_project_details"):
         _refresh_in_own_session(db, conn, view)
     changed = _write_stats(db, ("mv_feed_projects", "mv_project_details"))
+    assert [changed["mv_feed_projects"][i] - after["mv_feed_projects"][i] for i in (0, 1)] == [1, 1]
+    assert changed["mv_project_details"] == after["mv_project_details"], "an upvote rewrote a details row"
+    q(conn, "UPDATE projects SET title = title || ' (edited)' WHERE id = %s", (project,))
     for view in ("mv_feed_projects", "mv_project_details"):
-        assert changed[view][0] - after[view][0] == 1 and changed[view][1] - after[view][1] == 1, view
+        _refresh_in_own_session(db, conn, view)
+    edited = _write_stats(db, ("mv_feed_projects", "mv_project_details"))
+    for view in ("mv_feed_projects", "mv_project_details"):
+        assert [edited[view][i] - changed[view][i] for i in (0, 1)] == [1, 1], view
 
 
 def test_trending_score_is_log_activity_plus_creation_time(conn: Any) -> None:

@@ -22,9 +22,8 @@ from api.auth import AUTH_PUBLIC, AUTH_USER, unauthorized
 from api.db import RequestDb
 from api.deps import Deps
 from api.errors import not_found
-from api.freshness import ResponseCache
 from api.pagination import decode_cursor, page_meta
-from api.resources.common import ViewPages, rows_of, send, send_page
+from api.resources.common import ViewPages, data_age_header, rows_of, send, send_page
 from api.spec import (
     AUTH,
     CommentCreate,
@@ -114,12 +113,16 @@ class FeedResource:
 
 
 class ProjectResource:
-    """GET /api/projects/{project_id}: the project page from mv_project_details."""
+    """GET /api/projects/{project_id}: the project page, content from mv_project_details, counts live.
+
+    The counts come from project_stats_live in the same statement (exact when
+    read), so the page is not cached by view generation and needs no per-user
+    count adjustment; the view itself is refreshed only when content changes.
+    """
 
     def __init__(self, deps: Deps) -> None:
         self._deps = deps
-        # Its own LRU: one entry per project, which must not evict feed pages.
-        self._pages = ViewPages(deps, ResponseCache(max_entries=4096))
+        self._pages = ViewPages(deps)
         self._reads = queries("api_reads")
 
     @api_spec.validate(resp=responses(ProjectDetailResponse, 404), tags=["projects"])
@@ -132,20 +135,21 @@ class ProjectResource:
             rows = db.rows(self._reads["project_details"], {"project_id": pid}, prepared=True)
             return (rows[0] if rows else None), {"source": "view"}
 
-        page = self._pages.page(req, DETAILS_VIEW, pid, fetch)
+        page = self._pages.page(req, DETAILS_VIEW, pid, fetch, cache=False)
         if page.data is not None:
-            send_page(self._deps, req, resp, page, user_overlay=True)
+            data_age_header(self._deps, resp, page.state)
+            row, meta = page.data, page.meta
+        else:
+            live = req.context.db.rows(self._reads["project_details_live"], {"project_id": pid}, prepared=True)
+            if not live:
+                raise not_found(f"project {pid} not found")
+            row, meta = live[0], {"view": DETAILS_VIEW, "as_of": None, "source": "live"}
+        if req.context.user is None:
+            send(resp, {"data": row, "meta": meta})
             return
-        db = req.context.db
-        live = db.rows(self._reads["project_details_live"], {"project_id": pid}, prepared=True)
-        if not live:
-            raise not_found(f"project {pid} not found")
-        row = live[0]
-        if req.context.user is not None:
-            # The live row already counts every committed vote: no adjustment.
-            upvoted = self._deps.user_cache.get_user_upvotes(req.context.user.user_id, [pid], db.reader)
-            row["user_has_upvoted"] = pid in upvoted
-        send(resp, {"data": row, "meta": {"view": DETAILS_VIEW, "as_of": None, "source": "live"}})
+        # The counts already include every committed vote: no adjustment, only the flag.
+        upvoted = self._deps.user_cache.get_user_upvotes(req.context.user.user_id, [pid], req.context.db.reader)
+        send(resp, {"data": {**row, "user_has_upvoted": pid in upvoted}, "meta": meta})
 
 
 class UpvoteResource:

@@ -21,7 +21,8 @@
 -- Per-project counts come from project_stats_live (0012: trigger-kept
 -- counters, exact in the writing transaction), not from counting the base
 -- tables: at bench scale counting 5M upvotes and 2M comments was 1.5 s of
--- every refresh of each of these views. The registry still lists
+-- every refresh of each of these views. (mv_project_details holds no counts
+-- at all: the API reads them live, see below.) The registry still lists
 -- project_upvotes and project_comments as the dependencies (their request
 -- triggers ask for the refresh); project_stats has no request trigger of its
 -- own, so a fold of its deltas (which changes no live count) requests nothing.
@@ -202,9 +203,12 @@ CREATE INDEX IF NOT EXISTS mv_chains_discovery_activity ON mv_chains_discovery (
 CREATE INDEX IF NOT EXISTS mv_chains_discovery_recent ON mv_chains_discovery (last_activity_at DESC NULLS LAST, id);
 
 -- ---------------------------------------------------------------------------
--- mv_project_details: the project page, one wide row per live project
--- (description, tags, url, author, chain, counts). Slower to
--- refresh than the feed, so it gets a longer debounce window.
+-- mv_project_details: the project page's content, one wide row per live
+-- project (description, tags, url, author, chain). No counts: the page reads
+-- them live from project_stats_live by primary key (exact at once), so votes
+-- and comments never ask for a refresh of this, the widest view (263 MB at
+-- bench scale, 5-6 s per refresh; under a vote stream it was refreshed every
+-- window). It depends only on projects, users and chains.
 -- ---------------------------------------------------------------------------
 CREATE MATERIALIZED VIEW IF NOT EXISTS mv_project_details AS
 SELECT p.id,
@@ -218,17 +222,12 @@ SELECT p.id,
        c.id AS chain_id,
        c.slug AS chain_slug,
        c.name AS chain_name,
-       coalesce(ps.upvote_count, 0)::integer AS upvote_count,
-       coalesce(ps.comment_count, 0)::integer AS comment_count,
-       log(greatest(coalesce(ps.upvote_count, 0) + 2 * coalesce(ps.comment_count, 0), 1)::float8)
-         + date_part('epoch', p.created_at) / 45000.0 AS trending_score,
        p.created_at,
        p.updated_at,
        NULL::boolean AS refresh_sentinel
 FROM projects p
 JOIN users u ON u.id = p.user_id AND NOT u.is_deleted
 LEFT JOIN chains c ON c.id = p.chain_id AND NOT c.is_deleted
-LEFT JOIN project_stats_live ps ON ps.project_id = p.id
 WHERE NOT p.is_deleted;
 
 CREATE UNIQUE INDEX IF NOT EXISTS mv_project_details_id ON mv_project_details (id);
@@ -251,7 +250,7 @@ INSERT INTO mv_registry (view_name, debounce_seconds, max_wait_seconds, refresh_
     ('mv_leaderboard_projects', 20, 20, 20, 'Top 1000 projects by upvotes'),
     ('mv_leaderboard_builders', 20, 20, 30, 'Top 1000 builders by upvotes received'),
     ('mv_chains_discovery',     30, 30, 40, 'Chains with member and activity counts'),
-    ('mv_project_details',      20, 20, 50, 'Project pages: one wide row per live project')
+    ('mv_project_details',      20, 20, 50, 'Project pages (content; counts are read live): one row per live project')
 ON CONFLICT (view_name) DO NOTHING;
 
 INSERT INTO mv_dependencies (view_name, table_name) VALUES
@@ -277,9 +276,7 @@ INSERT INTO mv_dependencies (view_name, table_name) VALUES
     ('mv_chains_discovery', 'projects'),
     ('mv_project_details', 'projects'),
     ('mv_project_details', 'users'),
-    ('mv_project_details', 'chains'),
-    ('mv_project_details', 'project_upvotes'),
-    ('mv_project_details', 'project_comments')
+    ('mv_project_details', 'chains')
 ON CONFLICT DO NOTHING;
 
 SELECT mv_install_request_triggers();

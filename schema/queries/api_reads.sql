@@ -23,31 +23,35 @@ ORDER BY created_at DESC, id DESC
 LIMIT :lim;
 
 -- name: project_details
-SELECT id, title, description, tags, url, author_id, author_username, author_name,
-       chain_id, chain_slug, chain_name, upvote_count, comment_count, trending_score,
-       created_at, updated_at
-FROM mv_project_details
-WHERE id = CAST(:project_id AS uuid);
+-- Content from the view, counts live from project_stats_live (exact: a vote
+-- committed before this statement is counted). Two primary-key reads.
+SELECT d.id, d.title, d.description, d.tags, d.url, d.author_id, d.author_username, d.author_name,
+       d.chain_id, d.chain_slug, d.chain_name,
+       coalesce(s.upvote_count, 0)::integer AS upvote_count,
+       coalesce(s.comment_count, 0)::integer AS comment_count,
+       log(greatest(coalesce(s.upvote_count, 0) + 2 * coalesce(s.comment_count, 0), 1)::float8)
+         + date_part('epoch', d.created_at) / 45000.0 AS trending_score,
+       d.created_at, d.updated_at
+FROM mv_project_details d
+LEFT JOIN project_stats_live s ON s.project_id = d.id
+WHERE d.id = CAST(:project_id AS uuid);
 
 -- name: project_details_live
 -- A project created after the view's last refresh: its page from the base row
--- by primary key, counts by the per-project indexes (a new project has few).
--- The same visibility rules as mv_project_details.
+-- by primary key, counts live as above. The same visibility rules as
+-- mv_project_details.
 SELECT p.id, p.title, p.description, p.tags, p.url, p.user_id AS author_id,
        u.username AS author_username, u.name AS author_name,
        c.id AS chain_id, c.slug AS chain_slug, c.name AS chain_name,
-       (SELECT count(*) FROM project_upvotes v WHERE v.project_id = p.id)::integer AS upvote_count,
-       k.n::integer AS comment_count,
-       log(greatest((SELECT count(*) FROM project_upvotes v WHERE v.project_id = p.id) + 2 * k.n, 1)::float8)
+       coalesce(s.upvote_count, 0)::integer AS upvote_count,
+       coalesce(s.comment_count, 0)::integer AS comment_count,
+       log(greatest(coalesce(s.upvote_count, 0) + 2 * coalesce(s.comment_count, 0), 1)::float8)
          + date_part('epoch', p.created_at) / 45000.0 AS trending_score,
        p.created_at, p.updated_at
 FROM projects p
 JOIN users u ON u.id = p.user_id AND NOT u.is_deleted
 LEFT JOIN chains c ON c.id = p.chain_id AND NOT c.is_deleted
-CROSS JOIN LATERAL (
-    SELECT count(*) AS n
-    FROM project_comments pc WHERE pc.project_id = p.id AND NOT pc.is_deleted
-) k
+LEFT JOIN project_stats_live s ON s.project_id = p.id
 WHERE p.id = CAST(:project_id AS uuid) AND NOT p.is_deleted;
 
 -- name: leaderboard_projects

@@ -62,8 +62,11 @@ Out = Callable[[str], None]
 # --------------------------------------------------------------------------
 READS: tuple[tuple[str, str, str], ...] = (
     ("feed: trending, top 20",
-     "SELECT id, title, author_username, chain_name, upvote_count, comment_count FROM mv_feed_projects "
-     "ORDER BY trending_score DESC, id DESC LIMIT 20",
+     # As the API reads it (api_reads.sql): a page of the view, names by primary key.
+     "SELECT f.id, f.title, u.username, c.name, f.upvote_count, f.comment_count "
+     "FROM (SELECT * FROM mv_feed_projects ORDER BY trending_score DESC, id DESC LIMIT 20) f "
+     "JOIN users u ON u.id = f.author_id LEFT JOIN chains c ON c.id = f.chain_id "
+     "ORDER BY f.trending_score DESC, f.id DESC",
      "SELECT p.id, p.title, u.username, c.name, coalesce(v.n, 0)::int, coalesce(k.n, 0)::int "
      "FROM projects p JOIN users u ON u.id = p.user_id AND NOT u.is_deleted "
      "LEFT JOIN chains c ON c.id = p.chain_id AND NOT c.is_deleted "
@@ -507,7 +510,8 @@ def conditions_section(url: str, out: Out, where: str, scale: str, seed_seconds:
         for name in SHOWN_SETTINGS:
             cur.execute("SELECT current_setting(%s)", (name,))
             settings.append(f"{name}={cur.fetchone()[0]}")
-        out("postgres: " + ", ".join(settings) + " (mv_refresh_run sets work_mem=256MB, jit=off for a refresh)")
+        out("postgres: " + ", ".join(settings) + " (mv_refresh_run sets work_mem=256MB, jit=off, default_statistics_target=10, "
+            "parallel_tuple_cost=0.01 for a refresh)")
 
 
 @contextmanager

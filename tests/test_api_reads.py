@@ -74,6 +74,23 @@ def test_feed_is_ordered_by_trending_score_and_matches_the_view(client, engine):
     assert "user_has_upvoted" not in data[0]  # anonymous
 
 
+@pytest.mark.parametrize("sort", ["trending", "newest"])
+def test_feed_names_its_authors_and_chains(client, engine, sort):
+    """The view keeps author and chain ids; the page carries their names (looked up by key)."""
+    data = client.simulate_get("/api/projects", params={"sort": sort, "limit": 100}).json["data"]
+    assert any(d["chain_id"] for d in data), "demo data should put some of these projects in a chain"
+    with engine.connect() as conn:
+        truth = {str(r.id): r for r in conn.execute(sa.text(
+            "SELECT p.id, u.username, u.name, c.name AS chain_name FROM projects p JOIN users u ON u.id = p.user_id "
+            "LEFT JOIN chains c ON c.id = p.chain_id WHERE p.id = ANY(CAST(:ids AS uuid[]))"),
+            {"ids": [d["id"] for d in data]})}
+    assert len(truth) == len(data)
+    for d in data:
+        t = truth[d["id"]]
+        assert (d["author_username"], d["author_name"]) == (t.username, t.name)
+        assert d["chain_name"] == (t.chain_name if d["chain_id"] else None)
+
+
 def test_newest_feed_is_ordered_by_creation_time(client):
     data = client.simulate_get("/api/projects", params={"sort": "newest", "limit": 50}).json["data"]
     created = [d["created_at"] for d in data]

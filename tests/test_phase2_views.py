@@ -173,9 +173,9 @@ def test_new_project_reaches_the_feed_and_its_counts_follow_writes(conn: Any) ->
     assert q(conn, "SELECT 1 FROM mv_feed_projects WHERE id = %s", (project,)) == []
     assert one(conn, "SELECT status FROM mv_refresh_queue WHERE view_name = 'mv_feed_projects'") == "pending"
     process(conn)
-    row = q(conn, "SELECT title, author_username, upvote_count, comment_count FROM mv_feed_projects WHERE id = %s",
+    row = q(conn, "SELECT title, author_id, upvote_count, comment_count FROM mv_feed_projects WHERE id = %s",
             (project,))
-    author = one(conn, "SELECT u.username FROM projects p JOIN users u ON u.id = p.user_id WHERE p.id = %s", (project,))
+    author = one(conn, "SELECT user_id FROM projects WHERE id = %s", (project,))
     assert row == [("Fresh feed project", author, 0, 0)]
     assert one(conn, "SELECT description FROM mv_project_details WHERE id = %s", (project,)) == "about it"
     voter = some_user(conn, 1)

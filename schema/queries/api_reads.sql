@@ -1,26 +1,38 @@
 -- Named read queries of the API (api/resources/*). Every one reads a
--- materialized view or a trigger-kept table by an index; none joins the
--- normalized base tables. Keyset pagination: a NULL "after" key means the
+-- materialized view or a trigger-kept table by an index; none joins or scans
+-- the normalized base tables (the feed looks up its page's author and chain
+-- names by primary key; a project newer than mv_project_details is read by
+-- primary key). Keyset pagination: a NULL "after" key means the
 -- first page (psycopg2 sends parameters inline, so the planner folds
 -- "NULL IS NULL OR ..." away and uses the ordering index either way).
 
 -- name: feed_trending
-SELECT id, title, author_id, author_username, author_name, chain_id, chain_name,
-       upvote_count, comment_count, created_at, trending_score
-FROM mv_feed_projects
-WHERE CAST(:after_score AS float8) IS NULL
-   OR (trending_score, id) < (CAST(:after_score AS float8), CAST(:after_id AS uuid))
-ORDER BY trending_score DESC, id DESC
-LIMIT :lim;
+-- One page of the view by its index, then the page's author and chain names
+-- by primary key (the view keeps ids only, to stay cheap to refresh: 0021).
+SELECT f.id, f.title, f.author_id, u.username AS author_username, u.name AS author_name,
+       f.chain_id, c.name AS chain_name, f.upvote_count, f.comment_count, f.created_at, f.trending_score
+FROM (SELECT id, title, author_id, chain_id, upvote_count, comment_count, created_at, trending_score
+      FROM mv_feed_projects
+      WHERE CAST(:after_score AS float8) IS NULL
+         OR (trending_score, id) < (CAST(:after_score AS float8), CAST(:after_id AS uuid))
+      ORDER BY trending_score DESC, id DESC
+      LIMIT :lim) f
+JOIN users u ON u.id = f.author_id
+LEFT JOIN chains c ON c.id = f.chain_id
+ORDER BY f.trending_score DESC, f.id DESC;
 
 -- name: feed_newest
-SELECT id, title, author_id, author_username, author_name, chain_id, chain_name,
-       upvote_count, comment_count, created_at, trending_score
-FROM mv_feed_projects
-WHERE CAST(:after_created AS timestamptz) IS NULL
-   OR (created_at, id) < (CAST(:after_created AS timestamptz), CAST(:after_id AS uuid))
-ORDER BY created_at DESC, id DESC
-LIMIT :lim;
+SELECT f.id, f.title, f.author_id, u.username AS author_username, u.name AS author_name,
+       f.chain_id, c.name AS chain_name, f.upvote_count, f.comment_count, f.created_at, f.trending_score
+FROM (SELECT id, title, author_id, chain_id, upvote_count, comment_count, created_at, trending_score
+      FROM mv_feed_projects
+      WHERE CAST(:after_created AS timestamptz) IS NULL
+         OR (created_at, id) < (CAST(:after_created AS timestamptz), CAST(:after_id AS uuid))
+      ORDER BY created_at DESC, id DESC
+      LIMIT :lim) f
+JOIN users u ON u.id = f.author_id
+LEFT JOIN chains c ON c.id = f.chain_id
+ORDER BY f.created_at DESC, f.id DESC;
 
 -- name: project_details
 -- Content from the view, counts live from project_stats_live (exact: a vote

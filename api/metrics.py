@@ -37,8 +37,8 @@ USER_CACHE_WRITE_ERRORS = Counter(
 )
 RESPONSE_CACHE = Counter(
     "discovery_response_cache_total",
-    "Anonymous view pages served from the per-process response cache",
-    ["view", "result"],  # hit | miss
+    "Anonymous view pages: from the per-process response cache, from the shared (Redis) one, or computed",
+    ["view", "result"],  # hit | shared_hit | miss
 )
 
 # Buckets around the guide's targets: reads < 200 ms (its load test: 98.5% under

@@ -25,7 +25,7 @@ import falcon
 from api.db import RequestDb
 from api.deps import Deps
 from api.errors import dumps
-from api.freshness import ResponseCache, ViewState
+from api.freshness import ResponseCache, SharedPageCache, SingleFlight, ViewState
 from api.metrics import RESPONSE_CACHE
 
 Rows = list[dict[str, Any]]
@@ -60,31 +60,64 @@ class Page:
 
 
 class ViewPages:
-    """Cached, generation-keyed pages of materialized views."""
+    """Cached, generation-keyed pages of materialized views.
 
-    def __init__(self, deps: Deps, cache: ResponseCache | None = None) -> None:
+    With ``shared`` (pages served as they are, never with a per-user overlay),
+    a miss of the process's cache asks Redis before computing, and a computed
+    page is stored there for the other processes. Either way one thread per
+    process computes a given page at a time (``SingleFlight``)."""
+
+    def __init__(self, deps: Deps, cache: ResponseCache | None = None,
+                 shared: SharedPageCache | None = None) -> None:
         self._deps = deps
         self._cache = cache or deps.response_cache
+        self._shared = shared
+        self._flight = SingleFlight()
 
     def state(self, view: str) -> ViewState:
         return self._deps.freshness.state(view)
+
+    def _cached(self, key: Hashable, now: float) -> Page | None:
+        hit = self._cache.get(key)
+        if hit is not None and now - hit.created < self._cache.max_age:
+            return hit
+        return None
 
     def page(self, req: falcon.Request, view: str, params: Hashable, fetch: Fetch, *, cache: bool = True) -> Page:
         state = self.state(view)
         key = (view, state.generation, params)
         now = time.monotonic()
-        if cache:
-            hit = self._cache.get(key)
-            if hit is not None and now - hit.created < self._cache.max_age:
+        if not cache:
+            return self._compute(req, view, state, fetch, now)
+        hit = self._cached(key, now)
+        if hit is not None:
+            RESPONSE_CACHE.labels(view, "hit").inc()
+            return hit
+        with self._flight.hold(key):
+            hit = self._cached(key, time.monotonic())  # computed while this thread waited
+            if hit is not None:
                 RESPONSE_CACHE.labels(view, "hit").inc()
                 return hit
-            RESPONSE_CACHE.labels(view, "miss").inc()
-        data, extra = fetch(req.context.db)
-        meta = {"view": view, "as_of": state.completed_at, **extra}
-        page = Page(data, meta, dumps({"data": data, "meta": meta}), now, state)
-        if cache:
+            # The shared key adds the refresh's completion time: generation ids
+            # alone could repeat in a restored database sharing this Redis.
+            shared_key = (view, state.generation, str(state.completed_at), params)
+            body = self._shared.get(shared_key) if self._shared else None
+            if body is not None:
+                RESPONSE_CACHE.labels(view, "shared_hit").inc()
+                page = Page(None, {}, body, time.monotonic(), state)
+            else:
+                RESPONSE_CACHE.labels(view, "miss").inc()
+                page = self._compute(req, view, state, fetch, now)
+                if self._shared:
+                    self._shared.put(shared_key, page.body)
             self._cache.put(key, page)
         return page
+
+    @staticmethod
+    def _compute(req: falcon.Request, view: str, state: ViewState, fetch: Fetch, now: float) -> Page:
+        data, extra = fetch(req.context.db)
+        meta = {"view": view, "as_of": state.completed_at, **extra}
+        return Page(data, meta, dumps({"data": data, "meta": meta}), now, state)
 
 
 def data_age_header(deps: Deps, resp: falcon.Response, state: ViewState) -> None:

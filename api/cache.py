@@ -38,10 +38,11 @@ gap: another API process keeps serving the stale set until then.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,6 +190,64 @@ class Overlay:
     source: str = "redis"  # redis | rebuilt | postgres
 
 
+class RedisBreaker:
+    """After a Redis error, skip Redis for ``BREAKER_SECONDS``: an unreachable
+    Redis then costs one timeout per second, not one per request."""
+
+    def __init__(self, fallback: str) -> None:
+        self._fallback = fallback  # what happens meanwhile, for the log line
+        self._down_until = 0.0
+
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def trip(self, exc: BaseException) -> None:
+        log.warning("redis unavailable (%s); %s for %.1fs", exc, self._fallback, BREAKER_SECONDS)
+        self._down_until = time.monotonic() + BREAKER_SECONDS
+
+
+class SharedPageCache:
+    """Rendered page bodies in Redis, shared by every API process on every host.
+
+    Keyed like the per-process ``ResponseCache`` (view, generation, parameters),
+    so a page is computed once per view generation for the whole deployment
+    instead of once per process: worth a Redis round trip only for pages that
+    are expensive and the same for every caller (search). Bodies only: pages
+    with a per-user overlay do not go here. Redis errors open the breaker and
+    the page is computed as without this cache.
+    """
+
+    KEY_PREFIX = "discovery:page:"
+
+    def __init__(self, client: redis_lib.Redis, ttl: float) -> None:
+        self._client = client
+        self._ttl = max(1, int(ttl))
+        self._breaker = RedisBreaker("computing pages without the shared cache")
+
+    def _key(self, key: Hashable) -> str:
+        # repr of (view, generation, params of str/int/None) is the same in every process.
+        return self.KEY_PREFIX + hashlib.sha256(repr(key).encode()).hexdigest()
+
+    def get(self, key: Hashable) -> bytes | None:
+        if not self._breaker.available():
+            return None
+        try:
+            value = self._client.get(self._key(key))
+        except redis_lib.RedisError as exc:
+            self._breaker.trip(exc)
+            return None
+        return value.encode() if isinstance(value, str) else value
+
+    def put(self, key: Hashable, body: bytes) -> None:
+        if not self._breaker.available():
+            return
+        try:
+            # The client decodes replies as UTF-8 text; a JSON body is UTF-8.
+            self._client.set(self._key(key), body.decode(), ex=self._ttl)
+        except redis_lib.RedisError as exc:
+            self._breaker.trip(exc)
+
+
 class RedisUserCache:
     """Per-user upvote sets in Redis, rebuilt from Postgres when cold."""
 
@@ -197,7 +256,7 @@ class RedisUserCache:
         self._redis = client
         self._engine = engine
         self._ttl = ttl_seconds
-        self._down_until = 0.0
+        self._breaker = RedisBreaker("answering from Postgres")
         self._dirty: set[str] = set()
         self._dirty_lock = threading.Lock()
         self._apply = client.register_script(_APPLY_LUA)
@@ -208,14 +267,6 @@ class RedisUserCache:
     @property
     def client(self) -> redis_lib.Redis:
         return self._redis
-
-    # -- circuit breaker --------------------------------------------------------
-    def _available(self) -> bool:
-        return time.monotonic() >= self._down_until
-
-    def _tripped(self, exc: BaseException) -> None:
-        log.warning("redis unavailable (%s); answering from Postgres for %.1fs", exc, BREAKER_SECONDS)
-        self._down_until = time.monotonic() + BREAKER_SECONDS
 
     def _flush_dirty(self) -> None:
         """Invalidate the sets of users whose changes could not be applied earlier."""
@@ -248,14 +299,14 @@ class RedisUserCache:
         return self._record(user_id, project_id, False, changed_at_us)
 
     def _record(self, user_id: str, project_id: str, upvoted: bool, changed_at_us: int) -> bool:
-        if self._available():
+        if self._breaker.available():
             try:
                 self._flush_dirty()
                 self._apply(keys=list(user_keys(user_id)),
                             args=[project_id, "1" if upvoted else "0", int(changed_at_us), self._ttl])
                 return True
             except redis_lib.RedisError as exc:
-                self._tripped(exc)
+                self._breaker.trip(exc)
         metrics.USER_CACHE_WRITE_ERRORS.inc()
         with self._dirty_lock:
             self._dirty.add(user_id)
@@ -271,12 +322,12 @@ class RedisUserCache:
         ids = [str(i) for i in ids]
         if not ids:
             return Overlay(set(), {}, "redis")
-        if self._available():
+        if self._breaker.available():
             try:
                 self._flush_dirty()
                 return self._overlay_redis(user_id, ids, reader)
             except redis_lib.RedisError as exc:
-                self._tripped(exc)
+                self._breaker.trip(exc)
         metrics.USER_CACHE_FALLBACKS.inc()
         return Overlay(self._upvoted_among_pg(user_id, ids, reader), {}, "postgres")
 
@@ -332,7 +383,7 @@ class RedisUserCache:
                 "status": "healthy",
                 "latency_ms": latency,
                 "used_memory_human": info.get("used_memory_human"),
-                "circuit_open": not self._available(),
+                "circuit_open": not self._breaker.available(),
             }
         except redis_lib.RedisError as exc:
             return {"status": "unhealthy", "error": f"{type(exc).__name__}: {exc}"}

@@ -15,7 +15,6 @@ between makes the stored page newer than its key, never older).
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import threading
 import time
@@ -25,7 +24,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import redis as redis_lib
 from sqlalchemy.engine import Engine
 
 from schema.db import queries
@@ -144,56 +142,6 @@ class ResponseCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
-
-
-class SharedPageCache:
-    """Rendered page bodies in Redis, shared by every API process on every host.
-
-    Keyed like ``ResponseCache`` (view, generation, parameters), so a page is
-    computed once per view generation for the whole deployment instead of once
-    per process: worth a Redis round trip only for pages that are expensive and
-    the same for every caller (search). Bodies only: pages with a per-user
-    overlay do not go here. Redis is a cache that can vanish: any Redis error
-    skips it for ``retry_after`` seconds and the page is computed as without it.
-    """
-
-    KEY_PREFIX = "discovery:page:"
-
-    def __init__(self, client: redis_lib.Redis, ttl: float, retry_after: float = 5.0) -> None:
-        self._client = client
-        self._ttl = max(1, int(ttl))
-        self._retry_after = retry_after
-        self._skip_until = 0.0
-
-    def _key(self, key: Hashable) -> str:
-        # repr of (view, generation, params of str/int/None) is the same in every process.
-        return self.KEY_PREFIX + hashlib.sha256(repr(key).encode()).hexdigest()
-
-    def _usable(self) -> bool:
-        return time.monotonic() >= self._skip_until
-
-    def _failed(self, exc: BaseException) -> None:
-        log.warning("shared page cache unavailable for %.0f s: %s", self._retry_after, exc)
-        self._skip_until = time.monotonic() + self._retry_after
-
-    def get(self, key: Hashable) -> bytes | None:
-        if not self._usable():
-            return None
-        try:
-            value = self._client.get(self._key(key))
-        except redis_lib.RedisError as exc:
-            self._failed(exc)
-            return None
-        return value.encode() if isinstance(value, str) else value
-
-    def put(self, key: Hashable, body: bytes) -> None:
-        if not self._usable():
-            return
-        try:
-            # The client decodes replies as UTF-8 text; a JSON body is UTF-8.
-            self._client.set(self._key(key), body.decode(), ex=self._ttl)
-        except redis_lib.RedisError as exc:
-            self._failed(exc)
 
 
 class SingleFlight:

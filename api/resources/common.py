@@ -22,10 +22,11 @@ from typing import Any
 
 import falcon
 
+from api.cache import SharedPageCache
 from api.db import RequestDb
 from api.deps import Deps
 from api.errors import dumps
-from api.freshness import ResponseCache, SharedPageCache, SingleFlight, ViewState
+from api.freshness import ResponseCache, SingleFlight, ViewState
 from api.metrics import RESPONSE_CACHE
 
 Rows = list[dict[str, Any]]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import falcon
 
+from api.cache import SharedPageCache
 from api.db import RequestDb
 from api.deps import Deps
-from api.freshness import ResponseCache, SharedPageCache
+from api.freshness import ResponseCache
 from api.resources.common import ViewPages, send_page
 from api.spec import SearchQuery, SearchResponse, api_spec, responses
 from schema.db import queries

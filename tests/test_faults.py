@@ -43,6 +43,7 @@ from fault_helpers import (  # noqa: E402
     NOTES,
     RESULTS,
     SLOW_SECONDS,
+    STALE_AFTER,
     FaultResult,
     FaultStack,
     HealthPoller,
@@ -273,9 +274,17 @@ def test_refresh_worker_killed_mid_refresh_repeatedly(harness: Harness, stack: F
 
 def test_beat_killed_then_restarted(harness: Harness, stack: FaultStack) -> None:
     def inject(result: FaultResult) -> float:
+        killed = now()
         beat = stack.beats.pop()
         beat.kill(signal.SIGKILL)
-        time.sleep(OUTAGE)  # no sweeps: pending requests age past STALE_AFTER
+        # No sweeps: pending requests age past STALE_AFTER. Stay down until /health
+        # has said so (or a deadline): a fixed OUTAGE of STALE_AFTER seconds could end
+        # just before the first request old enough, while already-queued refreshes ran.
+        deadline = time.monotonic() + OUTAGE + STALE_AFTER + 20
+        time.sleep(OUTAGE)
+        while time.monotonic() < deadline and not any(
+                "materialized_views" in s.bad for s in harness.health.between(killed, now())):
+            time.sleep(0.2)
         stack.start_beat("beat")
         return now()
 
